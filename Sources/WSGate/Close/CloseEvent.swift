@@ -1,0 +1,51 @@
+/// Everything known about one finished client connection: the record behind
+/// the `websocket_close` log line (and, later, metrics and disconnect hooks).
+public struct CloseEvent: Sendable, Equatable {
+    public var timestamp: UInt64  // ms since the epoch
+    public var connectionID: String
+    public var route: String
+    public var upstream: String
+    public var clientAddress: String
+    public var code: UInt16
+    public var reason: String
+    public var wasClean: Bool
+    public var initiator: Initiator
+    public var cause: CloseCause
+    public var upstreamCode: UInt16?
+    public var upstreamReason: String?
+    public var upstreamStatus: Int?
+    public var error: String?
+    public var durationMs: Int64
+    public var messagesIn: UInt64
+    public var messagesOut: UInt64
+    public var bytesIn: UInt64
+    public var bytesOut: UInt64
+
+    /// The JSON object of the README's log format, in its field order, on
+    /// one line.
+    public func jsonLine(level: String = "info") -> String {
+        var w = JSONObjectWriter()
+        w.field("ts", rawJSON: JSONText.quoted(Timestamp.iso8601(millisecondsSinceEpoch: timestamp)))
+        w.field("level", level)
+        w.field("event", "websocket_close")
+        w.field("connection_id", connectionID)
+        w.field("route", route)
+        w.field("upstream", upstream)
+        w.field("client_addr", clientAddress)
+        w.field("code", Int(code))
+        w.field("reason", reason)
+        w.field("was_clean", wasClean)
+        w.field("initiator", initiator.rawValue)
+        w.field("cause", cause.rawValue)
+        w.field("upstream_code", upstreamCode.map(Int.init))
+        w.field("upstream_reason", upstreamReason)
+        w.field("upstream_status", upstreamStatus)
+        w.field("error", error)
+        w.field("duration_ms", Int(durationMs))
+        w.field("messages_in", Int(messagesIn))
+        w.field("messages_out", Int(messagesOut))
+        w.field("bytes_in", Int(bytesIn))
+        w.field("bytes_out", Int(bytesOut))
+        return w.finish()
+    }
+}

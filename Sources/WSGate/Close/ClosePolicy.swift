@@ -1,0 +1,138 @@
+/// Facts about a connection's end that the policy may need besides its cause.
+public struct CloseDetails: Sendable, Equatable {
+    /// The close code the peer sent (client for `client_closed`, upstream for
+    /// `upstream_closed`); `nil` when its close frame had no code (1005).
+    public var peerCode: UInt16?
+    public var peerReason: String
+    /// HTTP status behind `upstream_handshake_rejected` / `upstream_http_error`.
+    public var httpStatus: Int?
+    /// A short human description that may replace the default reason (never
+    /// upstream internals: callers put those into the log's `error` instead).
+    public var reasonOverride: String?
+
+    public init(peerCode: UInt16? = nil, peerReason: String = "", httpStatus: Int? = nil, reasonOverride: String? = nil) {
+        self.peerCode = peerCode
+        self.peerReason = peerReason
+        self.httpStatus = httpStatus
+        self.reasonOverride = reasonOverride
+    }
+}
+
+/// What the client gets.
+public struct CloseDecision: Sendable, Equatable {
+    public enum Action: Sendable, Equatable {
+        /// Send a close frame carrying `code` and `reason`.
+        case sendCode
+        /// Send a close frame with an empty payload (the client sees 1005).
+        case sendEmpty
+        /// Drop the TCP connection without a close frame (the client sees 1006).
+        case abort
+        /// Nothing can be sent: the client's TCP is already gone.
+        case none
+    }
+
+    /// The code the client's CloseEvent shows (1005 for an empty frame, 1006
+    /// when no close frame reached it).
+    public var code: UInt16
+    public var reason: String
+    public var action: Action
+}
+
+/// The pure mapping from a cause (plus details) to what the client sees,
+/// with `close_codes` overrides. No I/O, no state: exhaustively unit-tested.
+public struct ClosePolicy: Sendable {
+    public var overrides: [CloseCause: UInt16]
+    public var shutdownCode: UInt16
+    public var maxMessageBytes: Int
+
+    public init(overrides: [CloseCause: UInt16] = [:], shutdownCode: UInt16 = 1001, maxMessageBytes: Int = 1_048_576) {
+        self.overrides = overrides
+        self.shutdownCode = shutdownCode
+        self.maxMessageBytes = maxMessageBytes
+    }
+
+    public init(config: GatewayConfig) {
+        self.init(overrides: config.closeCodes, shutdownCode: config.shutdown.closeCode, maxMessageBytes: config.limits.maxMessageBytes)
+    }
+
+    /// Codes a `close_codes` override may name: those a client may receive
+    /// in a frame, plus 1006 meaning "drop the TCP connection".
+    public static func isAllowedOverride(_ code: Int) -> Bool {
+        (1000...1003).contains(code) || (1007...1014).contains(code) || (3000...4999).contains(code) || code == 1006
+    }
+
+    /// Codes that may appear in a received close frame (RFC 6455 §7.4 plus the
+    /// IANA-registered 1012–1014, which some libraries wrongly reject).
+    public static func isValidReceivedCode(_ code: UInt16) -> Bool {
+        (1000...1003).contains(code) || (1007...1014).contains(code) || (3000...4999).contains(code)
+    }
+
+    public func decide(_ cause: CloseCause, _ details: CloseDetails = CloseDetails()) -> CloseDecision {
+        switch cause {
+        case .clientClosed, .upstreamClosed:
+            guard let code = details.peerCode else {
+                return CloseDecision(code: 1005, reason: "", action: .sendEmpty)
+            }
+            return CloseDecision(code: code, reason: CloseReason.truncate(details.peerReason), action: .sendCode)
+        case .clientGone:
+            return CloseDecision(code: 1006, reason: "", action: .none)
+        default:
+            break
+        }
+        let code = overrides[cause] ?? defaultCode(cause, details)
+        if code == 1006 {
+            return CloseDecision(code: 1006, reason: "", action: .abort)
+        }
+        let reason = CloseReason.truncate(details.reasonOverride ?? defaultReason(cause, details))
+        return CloseDecision(code: code, reason: reason, action: .sendCode)
+    }
+
+    public func defaultCode(_ cause: CloseCause, _ details: CloseDetails) -> UInt16 {
+        switch cause {
+        case .clientClosed, .upstreamClosed: return details.peerCode ?? 1005
+        case .clientGone: return 1006
+        case .clientProtocolError: return 1002
+        case .clientInvalidUTF8: return 1007
+        case .clientMessageTooBig: return 1009
+        case .upstreamUnreachable, .upstreamTLSError, .upstreamTimeout, .upstreamHandshakeRejected,
+            .upstreamProtocolError:
+            return 1014
+        case .upstreamReset: return 1006
+        case .upstreamHTTPError:
+            switch details.httpStatus ?? 500 {
+            case 500: return 1011
+            case 502, 504: return 1014
+            case 503: return 1013
+            case 400..<500: return 1008
+            default: return 1011
+            }
+        case .idleTimeout: return 1001
+        case .shutdown: return shutdownCode
+        case .overloaded: return 1013
+        case .internalError: return 1011
+        }
+    }
+
+    public func defaultReason(_ cause: CloseCause, _ details: CloseDetails) -> String {
+        switch cause {
+        case .clientClosed, .upstreamClosed: return details.peerReason
+        case .clientGone: return ""
+        case .clientProtocolError: return "protocol error"
+        case .clientInvalidUTF8: return "invalid UTF-8 in text message"
+        case .clientMessageTooBig: return "message too big (limit \(maxMessageBytes) bytes)"
+        case .upstreamUnreachable: return "upstream unreachable"
+        case .upstreamTLSError: return "upstream TLS error"
+        case .upstreamTimeout: return "upstream timeout"
+        case .upstreamHandshakeRejected:
+            return details.httpStatus.map { "upstream rejected the handshake (HTTP \($0))" } ?? "upstream rejected the handshake"
+        case .upstreamProtocolError: return "upstream protocol error"
+        case .upstreamReset: return "upstream connection reset"
+        case .upstreamHTTPError:
+            return details.httpStatus.map { "upstream HTTP \($0)" } ?? "upstream HTTP error"
+        case .idleTimeout: return "idle timeout"
+        case .shutdown: return shutdownCode == 1012 ? "gateway restarting" : "gateway shutting down"
+        case .overloaded: return "gateway overloaded, try again later"
+        case .internalError: return "internal error"
+        }
+    }
+}

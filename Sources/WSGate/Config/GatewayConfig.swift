@@ -1,0 +1,96 @@
+/// The gateway's configuration, as described in the README's config reference.
+///
+/// Every field has the documented default except `routes`. Instances are
+/// produced by `ConfigLoader`, which decodes strictly (unknown keys are errors)
+/// and reports every problem with its YAML key path.
+public struct GatewayConfig: Sendable, Equatable {
+    public struct TLSFiles: Sendable, Equatable {
+        public var certificate: String
+        public var privateKey: String
+    }
+
+    public struct Listen: Sendable, Equatable {
+        public var host = "0.0.0.0"
+        public var port = 8080
+        public var tls: TLSFiles? = nil
+    }
+
+    public struct Admin: Sendable, Equatable {
+        public var host = "127.0.0.1"
+        public var port = 9090
+    }
+
+    public struct Limits: Sendable, Equatable {
+        public var maxConnections = 10_000
+        public var maxMessageBytes = 1_048_576
+        public var handshakeTimeoutMs = 5_000
+        public var idleTimeoutMs = 0
+    }
+
+    public struct Timeouts: Sendable, Equatable {
+        public var upstreamConnectMs = 3_000
+        public var upstreamHandshakeMs = 5_000
+        public var httpRequestMs = 10_000
+        public var closeHandshakeMs = 2_000
+    }
+
+    public struct Shutdown: Sendable, Equatable {
+        public var drainTimeoutMs = 10_000
+        public var closeCode: UInt16 = 1001
+    }
+
+    public enum LogFormat: String, Sendable, Equatable, CaseIterable {
+        case json, text
+    }
+
+    public enum LogLevel: String, Sendable, Equatable, CaseIterable {
+        case trace, debug, info, notice, warning, error
+    }
+
+    public struct Log: Sendable, Equatable {
+        public var format: LogFormat = .json
+        public var level: LogLevel = .info
+    }
+
+    public var listen = Listen()
+    public var admin = Admin()
+    public var limits = Limits()
+    public var timeouts = Timeouts()
+    public var shutdown = Shutdown()
+    public var log = Log()
+    public var routes: [Route] = []
+    /// Per-cause overrides of the default close codes.
+    public var closeCodes: [CloseCause: UInt16] = [:]
+
+    public init() {}
+}
+
+/// One entry of `routes`: which client paths go to which upstream.
+public struct Route: Sendable, Equatable {
+    public enum HTTPOnError: String, Sendable, Equatable, CaseIterable {
+        case close, reply
+    }
+
+    /// Settings that only apply to `http://` and `https://` upstreams.
+    public struct HTTPSettings: Sendable, Equatable {
+        public var method = "POST"
+        public var connectURL: String? = nil
+        public var disconnectURL: String? = nil
+        public var onError: HTTPOnError = .close
+    }
+
+    /// The route's path as written in the config (`/echo`, `/chat/*`); also
+    /// its name in logs.
+    public var path: String
+    public var upstream: UpstreamTarget
+    /// Lower-cased names of client handshake headers copied to the upstream.
+    public var forwardHeaders: [String] = []
+    /// Allowed `Origin` values; `nil` means any origin.
+    public var origins: [String]? = nil
+    public var http = HTTPSettings()
+
+    public init(path: String, upstream: UpstreamTarget) {
+        self.path = path
+        self.upstream = upstream
+    }
+}

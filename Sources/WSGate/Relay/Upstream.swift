@@ -1,0 +1,53 @@
+import NIOCore
+import NIOWebSocket
+
+/// What a `Session` needs from the upstream side of a connection, whatever
+/// the upstream is (a second WebSocket, an HTTP service, the built-in echo).
+///
+/// All methods are called on the session's event loop, and implementations
+/// report back to the session on that loop too, so neither side needs locks.
+protocol UpstreamLeg: AnyObject {
+    /// Connects. The future succeeds with the subprotocol the upstream chose
+    /// (nil for none) and fails with an `UpstreamFailure`.
+    func connect() -> EventLoopFuture<String?>
+
+    /// Called once the client's 101 has gone out: the leg may start reading.
+    func startRelaying()
+
+    /// Relays one validated, unmasked data frame from the client. Not flushed.
+    func send(_ frame: WebSocketFrame)
+
+    /// Flushes what `send` wrote (once per client read batch).
+    func flush()
+
+    /// False while the upstream cannot take more data; the session then
+    /// stops reading from the client (backpressure).
+    var isWritable: Bool { get }
+
+    /// The client side became writable again: the leg may resume reading
+    /// if it paused because of it.
+    func clientBecameWritable()
+
+    /// Starts an orderly close (close frame, bounded wait, TCP close).
+    /// `code` nil sends an empty close frame. Idempotent; reports
+    /// `upstreamEnded` when done.
+    func close(code: UInt16?, reason: String)
+
+    /// Drops the upstream at once. Idempotent; reports `upstreamEnded`.
+    func abort()
+}
+
+/// Why an upstream could not be used or stopped working, already classified
+/// into a close cause.
+struct UpstreamFailure: Error {
+    var cause: CloseCause
+    var details: CloseDetails
+    /// Low-level detail for the log's `error` field.
+    var error: String?
+
+    init(_ cause: CloseCause, httpStatus: Int? = nil, error: String?) {
+        self.cause = cause
+        self.details = CloseDetails(httpStatus: httpStatus)
+        self.error = error
+    }
+}

@@ -1,0 +1,111 @@
+import NIOCore
+import NIOHTTP1
+import NIOWebSocket
+
+/// One accepted TCP connection until it is upgraded or rejected: runs the
+/// admission checks, creates the Session and connects its upstream *before*
+/// the client gets its 101 (so the upstream's subprotocol choice can be
+/// returned), and enforces the handshake timeout.
+final class ClientConnection: @unchecked Sendable {
+    let gateway: GatewayContext
+    let channel: Channel
+    let clientAddress: String
+    private var handshakeTimer: Scheduled<Void>?
+    private var session: Session?
+
+    init(gateway: GatewayContext, channel: Channel) {
+        self.gateway = gateway
+        self.channel = channel
+        self.clientAddress = channel.remoteAddress?.gatewayDescription ?? "unknown"
+        let timeout = TimeAmount.milliseconds(Int64(gateway.config.limits.handshakeTimeoutMs))
+        handshakeTimer = channel.eventLoop.scheduleTask(in: timeout) { [self] in
+            self.gateway.eventLog.rejected(.init(
+                status: 408, reason: "handshake not completed within \(gateway.config.limits.handshakeTimeoutMs) ms",
+                method: "", path: "", clientAddress: self.clientAddress))
+            self.channel.close(promise: nil)
+        }
+        channel.closeFuture.assumeIsolatedUnsafeUnchecked().whenComplete { [self] _ in
+            self.handshakeTimer?.cancel()
+            self.session?.clientConnectionClosed()
+        }
+    }
+
+    /// The request head is complete (or answered): the slowloris timer stops.
+    func handshakeFinished() {
+        handshakeTimer?.cancel()
+        handshakeTimer = nil
+    }
+
+    /// NIO's `shouldUpgrade`: nil declines (the request then reaches
+    /// `RejectHandler`), headers accept.
+    func shouldUpgrade(_ head: HTTPRequestHead) -> EventLoopFuture<HTTPHeaders?> {
+        handshakeFinished()
+        let eventLoop = channel.eventLoop
+        guard case .accept(let match) = HandshakeCheck.evaluate(head, routes: gateway.routes) else {
+            return eventLoop.makeSucceededFuture(nil)
+        }
+        let session = Session(
+            id: ConnectionID.make(), route: match.route, upstreamURL: match.upstreamURL,
+            clientAddress: clientAddress, eventLoop: eventLoop, gateway: gateway)
+        self.session = session
+        if gateway.registry.count >= gateway.config.limits.maxConnections {
+            session.startRefused(.overloaded)
+            return eventLoop.makeSucceededFuture(HTTPHeaders())
+        }
+        let upstream: UpstreamLeg
+        switch match.route.upstream {
+        case .echo:
+            upstream = EchoUpstream(session: session)
+        case .webSocket:
+            let offered = Self.offeredProtocols(head.headers)
+            upstream = WebSocketUpstream(
+                session: session, url: match.upstreamURL!,
+                requestHeaders: upstreamHeaders(for: head, url: match.upstreamURL!, route: match.route, connectionID: session.id),
+                offeredProtocols: offered, settings: gateway.settings)
+        case .http:
+            session.startRefused(.internalError)
+            return eventLoop.makeSucceededFuture(HTTPHeaders())
+        }
+        return session.start(upstream: upstream).map { chosen in
+            var headers = HTTPHeaders()
+            if let chosen { headers.add(name: "Sec-WebSocket-Protocol", value: chosen) }
+            return headers
+        }
+    }
+
+    /// NIO's `upgradePipelineHandler`: the 101 is out, the frame codec is in.
+    func upgraded(channel: Channel) -> EventLoopFuture<Void> {
+        channel.eventLoop.makeCompletedFuture { [self] in
+            guard let session = self.session else { throw ChannelError.inappropriateOperationForState }
+            // The rejection handler sits before the frame codec NIO just added;
+            // it must go before the first frame arrives.
+            let reject = try channel.pipeline.syncOperations.handler(type: RejectHandler.self)
+            channel.pipeline.syncOperations.removeHandler(reject, promise: nil)
+            let handler = ClientLegHandler(session: session, maxMessageBytes: self.gateway.settings.maxMessageBytes)
+            try channel.pipeline.syncOperations.addHandler(handler)
+            session.clientAttached(handler)
+        }
+    }
+
+    static func offeredProtocols(_ headers: HTTPHeaders) -> [String] {
+        headers[canonicalForm: "sec-websocket-protocol"].map { String($0) }.filter { !$0.isEmpty }
+    }
+
+    /// The upstream's handshake headers: Host, the client's subprotocol
+    /// offer, the route's `forward_headers`, `X-Forwarded-For` (appended to
+    /// any the client sent) and the connection id for correlation.
+    func upstreamHeaders(for head: HTTPRequestHead, url: URLParts, route: Route, connectionID: String) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: url.hostHeader)
+        let offered = Self.offeredProtocols(head.headers)
+        if !offered.isEmpty { headers.add(name: "Sec-WebSocket-Protocol", value: offered.joined(separator: ", ")) }
+        for name in route.forwardHeaders {
+            for value in head.headers[name] { headers.add(name: name, value: value) }
+        }
+        let clientIP = channel.remoteAddress?.ipAddress ?? "unknown"
+        let prior = head.headers["x-forwarded-for"].joined(separator: ", ")
+        headers.add(name: "X-Forwarded-For", value: prior.isEmpty ? clientIP : "\(prior), \(clientIP)")
+        headers.add(name: "X-WSGate-Connection-Id", value: connectionID)
+        return headers
+    }
+}

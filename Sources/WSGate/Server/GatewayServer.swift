@@ -1,0 +1,96 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+
+/// The client-facing listener: accepts TCP connections, runs the HTTP/1.1
+/// upgrade, and hands upgraded connections to Sessions.
+public final class GatewayServer: Sendable {
+    let gateway: GatewayContext
+    let group: EventLoopGroup
+    private let serverChannel: NIOLockedBox<Channel?> = NIOLockedBox(nil)
+
+    public init(config: GatewayConfig, group: EventLoopGroup, logger: Logger, eventLog: EventLog) {
+        self.gateway = GatewayContext(config: config, eventLog: eventLog, logger: logger)
+        self.group = group
+    }
+
+    /// The number of upgraded connections still open.
+    public var activeConnections: Int { gateway.registry.count }
+
+    /// Binds and starts accepting; returns the bound port.
+    public func start() async throws -> Int {
+        let gateway = self.gateway
+        let maxFrame = gateway.settings.maxMessageBytes
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 1024)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let connection = ClientConnection(gateway: gateway, channel: channel)
+                    let upgrader = NIOWebSocketServerUpgrader(
+                        maxFrameSize: maxFrame, automaticErrorHandling: false,
+                        shouldUpgrade: { _, head in connection.shouldUpgrade(head) },
+                        upgradePipelineHandler: { channel, _ in connection.upgraded(channel: channel) })
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                        withPipeliningAssistance: false,
+                        withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }),
+                        withErrorHandling: false)
+                    try channel.pipeline.syncOperations.addHandler(RejectHandler(connection: connection))
+                }
+            }
+        let channel = try await bootstrap.bind(host: gateway.config.listen.host, port: gateway.config.listen.port).get()
+        serverChannel.withLock { $0 = channel }
+        let port = channel.localAddress?.port ?? gateway.config.listen.port
+        gateway.logger.info("listening", metadata: [
+            "host": .string(gateway.config.listen.host), "port": .stringConvertible(port),
+            "routes": .stringConvertible(gateway.config.routes.count),
+        ])
+        return port
+    }
+
+    /// Stops accepting new connections.
+    public func stopAccepting() async {
+        let channel = serverChannel.withLock { $0 }
+        try? await channel?.close()
+    }
+
+    /// Graceful drain: every client gets `shutdown.close_code`; after
+    /// `timeout`, whatever is left is dropped. Returns when all sessions have
+    /// logged their close line (or a short grace after forcing).
+    public func drain(timeout: TimeAmount) async {
+        await stopAccepting()
+        for session in gateway.registry.all {
+            session.eventLoop.execute { session.shutdown() }
+        }
+        let deadline = NIODeadline.now() + timeout
+        while gateway.registry.count > 0 && NIODeadline.now() < deadline {
+            try? await Task.sleep(nanoseconds: 20_000_000)
+        }
+        if gateway.registry.count > 0 {
+            for session in gateway.registry.all {
+                session.eventLoop.execute { session.forceClose() }
+            }
+            let grace = NIODeadline.now() + .seconds(1)
+            while gateway.registry.count > 0 && NIODeadline.now() < grace {
+                try? await Task.sleep(nanoseconds: 10_000_000)
+            }
+        }
+    }
+}
+
+/// A tiny lock-protected box for values set once at start-up.
+final class NIOLockedBox<Value>: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var value: Value
+
+    init(_ value: Value) { self.value = value }
+
+    func withLock<R>(_ body: (inout Value) -> R) -> R {
+        lock.withLock { body(&value) }
+    }
+}

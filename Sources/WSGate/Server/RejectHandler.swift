@@ -1,0 +1,60 @@
+import NIOCore
+import NIOHTTP1
+import NIOWebSocket
+
+/// Answers every request that did not become a WebSocket (no route, not an
+/// upgrade, bad headers, bad origin, malformed HTTP) with a short plain-text
+/// error, logs it as a `websocket_reject` line, and closes the connection.
+final class RejectHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let connection: ClientConnection
+    private var responded = false
+
+    init(connection: ClientConnection) {
+        self.connection = connection
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .head(let head) = unwrapInboundIn(data), !responded else { return }
+        let rejection: HandshakeCheck.Rejection
+        switch HandshakeCheck.evaluate(head, routes: connection.gateway.routes) {
+        case .reject(let r): rejection = r
+        case .accept(let match):
+            // The upgrader declined a request the check accepts: can only be
+            // a header NIO rejects that we don't look at.
+            rejection = .init(status: .badRequest, reason: "invalid WebSocket handshake", route: match.route.path)
+        }
+        respond(context: context, rejection, method: head.method.rawValue, path: head.uri, origin: head.headers.first(name: "origin"))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if error is HTTPParserError, !responded {
+            let r = HandshakeCheck.Rejection(status: .badRequest, reason: "malformed HTTP request")
+            respond(context: context, r, method: "", path: "", origin: nil, error: "\(error)")
+        } else if !(error is NIOWebSocketUpgradeError) {
+            context.fireErrorCaught(error)
+        }
+    }
+
+    private func respond(context: ChannelHandlerContext, _ rejection: HandshakeCheck.Rejection, method: String, path: String, origin: String?, error: String? = nil) {
+        responded = true
+        connection.handshakeFinished()
+        connection.gateway.eventLog.rejected(.init(
+            status: Int(rejection.status.code), reason: rejection.reason, method: method, path: path,
+            clientAddress: connection.clientAddress, route: rejection.route, origin: origin, error: error))
+        let body = "\(rejection.status.code) \(rejection.status.reasonPhrase): \(rejection.reason)\n"
+        var headers = HTTPHeaders([
+            ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", String(body.utf8.count)), ("Connection", "close"),
+        ])
+        for (name, value) in rejection.extraHeaders { headers.add(name: name, value: value) }
+        let head = HTTPResponseHead(version: .http1_1, status: rejection.status, headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,323 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+
+/// A `ws://` upstream: a NIO WebSocket client on the client channel's event
+/// loop, relaying frames both ways as a full endpoint (it masks what it sends,
+/// answers pings, validates what it receives, completes close handshakes).
+final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
+    enum State {
+        case idle
+        case connecting
+        case handshaking(Channel)
+        case open(Channel)
+        /// We sent a close frame and wait for the reply and the server's FIN.
+        case closing(Channel)
+        case ended
+    }
+
+    private weak var session: Session?
+    private let eventLoop: EventLoop
+    private let url: URLParts
+    private let requestHeaders: HTTPHeaders
+    private let offeredProtocols: [String]
+    private let settings: SessionSettings
+    private var state = State.idle
+    private var handler: UpstreamLegHandler?
+    private var handshakePromise: EventLoopPromise<String?>?
+    private var handshakeTimer: Scheduled<Void>?
+    private var closeTimer: Scheduled<Void>?
+    private var maskingKeys = MaskingKeySource()
+    private var lastIOError: String?
+    private var aborted = false
+
+    init(session: Session, url: URLParts, requestHeaders: HTTPHeaders, offeredProtocols: [String], settings: SessionSettings) {
+        self.session = session
+        self.eventLoop = session.eventLoop
+        self.url = url
+        self.requestHeaders = requestHeaders
+        self.offeredProtocols = offeredProtocols
+        self.settings = settings
+    }
+
+    private var endpoint: String { "\(url.host):\(url.port)" }
+
+    // MARK: Connecting
+
+    func connect() -> EventLoopFuture<String?> {
+        let promise = eventLoop.makePromise(of: String?.self)
+        handshakePromise = promise
+        state = .connecting
+        var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: url.requestTarget)
+        head.headers = requestHeaders
+        let maxFrame = settings.maxMessageBytes
+        ClientBootstrap(group: eventLoop)
+            .connectTimeout(settings.upstreamConnect)
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let encoder = HTTPRequestEncoder()
+                    let decoder = ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes))
+                    let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: maxFrame, automaticErrorHandling: false) {
+                        [self] channel, response in
+                        self.upgraded(channel: channel, response: response)
+                    }
+                    let upgradeHandler = NIOHTTPClientUpgradeHandler(
+                        upgraders: [upgrader], httpHandlers: [encoder, decoder], upgradeCompletionHandler: { _ in })
+                    let handshake = UpstreamHandshakeHandler(leg: self, request: head)
+                    try channel.pipeline.syncOperations.addHandlers([encoder, decoder, upgradeHandler, handshake])
+                }
+            }
+            .connect(host: url.host, port: url.port)
+            .assumeIsolatedUnsafeUnchecked()
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let channel):
+                    self.connected(channel)
+                case .failure(let error):
+                    self.fail(ConnectErrorClassifier.classify(error, endpoint: self.endpoint, timeout: self.settings.upstreamConnect))
+                }
+            }
+        return promise.futureResult
+    }
+
+    private func connected(_ channel: Channel) {
+        if aborted {
+            channel.close(promise: nil)
+            return
+        }
+        state = .handshaking(channel)
+        channel.closeFuture.assumeIsolatedUnsafeUnchecked().whenComplete { [self] _ in self.channelClosed() }
+        handshakeTimer = eventLoop.scheduleTask(in: settings.upstreamHandshake) { [self] in
+            let ms = self.settings.upstreamHandshake.nanoseconds / 1_000_000
+            self.fail(UpstreamFailure(.upstreamTimeout, error: "upstream handshake with \(self.endpoint) timed out after \(ms) ms"))
+        }
+    }
+
+    /// The upgrade succeeded: swap in the frame handler.
+    private func upgraded(channel: Channel, response: HTTPResponseHead) -> EventLoopFuture<Void> {
+        channel.eventLoop.makeCompletedFuture { [self] in
+            let chosen = response.headers.first(name: "sec-websocket-protocol")
+            if let chosen, !self.offeredProtocols.contains(chosen) {
+                throw UpstreamFailure(.upstreamProtocolError, error: "upstream chose subprotocol \(chosen) that the client did not offer")
+            }
+            let handler = UpstreamLegHandler(leg: self, maxMessageBytes: self.settings.maxMessageBytes)
+            try channel.pipeline.syncOperations.addHandler(handler)
+            self.handler = handler
+            if let handshake = try? channel.pipeline.syncOperations.handler(type: UpstreamHandshakeHandler.self) {
+                channel.pipeline.syncOperations.removeHandler(handshake, promise: nil)
+            }
+            self.handshakeTimer?.cancel()
+            self.state = .open(channel)
+            let promise = self.handshakePromise
+            self.handshakePromise = nil
+            promise?.succeed(chosen)
+        }.flatMapErrorThrowing { [self] error in
+            self.fail(error as? UpstreamFailure ?? UpstreamFailure(.upstreamProtocolError, error: "\(error)"))
+            throw error
+        }
+    }
+
+    /// Connect or handshake failed.
+    func fail(_ failure: UpstreamFailure) {
+        handshakeTimer?.cancel()
+        guard let promise = handshakePromise else { return }
+        handshakePromise = nil
+        switch state {
+        case .handshaking(let channel), .open(let channel), .closing(let channel):
+            channel.close(promise: nil)
+        case .idle, .connecting, .ended:
+            break
+        }
+        state = .ended
+        promise.fail(failure)
+        session?.upstreamEnded()
+    }
+
+    func noteIOError(_ error: Error) {
+        if lastIOError == nil { lastIOError = "\(endpoint): \(error)" }
+    }
+
+    private func channelClosed() {
+        handshakeTimer?.cancel()
+        closeTimer?.cancel()
+        switch state {
+        case .handshaking:
+            fail(UpstreamFailure(.upstreamProtocolError, error: lastIOError ?? "upstream \(endpoint) closed the connection during the handshake"))
+            return
+        case .open:
+            state = .ended
+            session?.upstreamFailed(UpstreamFailure(.upstreamReset, error: lastIOError ?? "upstream \(endpoint) closed TCP without a close frame"))
+        case .closing, .idle, .connecting:
+            state = .ended
+        case .ended:
+            return
+        }
+        handler = nil
+        session?.upstreamEnded()
+    }
+
+    // MARK: UpstreamLeg
+
+    func startRelaying() {
+        handler?.resumeReading()
+    }
+
+    func send(_ frame: WebSocketFrame) {
+        guard case .open = state, let handler else { return }
+        var frame = frame
+        frame.maskKey = maskingKeys.nextKey()
+        handler.write(frame)
+    }
+
+    func flush() {
+        handler?.flush()
+    }
+
+    var isWritable: Bool {
+        if case .open(let channel) = state { return channel.isWritable }
+        return false
+    }
+
+    func clientBecameWritable() {
+        handler?.resumeReading()
+    }
+
+    func close(code: UInt16?, reason: String) {
+        switch state {
+        case .open(let channel):
+            state = .closing(channel)
+            handler?.writeClose(code: code, reason: reason, maskKey: maskingKeys.nextKey())
+            session?.upstreamCloseSent(code: code, reason: reason)
+            startCloseTimer(channel)
+        case .idle, .connecting, .handshaking:
+            abort()
+        case .closing, .ended:
+            break
+        }
+    }
+
+    func abort() {
+        aborted = true
+        switch state {
+        case .idle, .connecting:
+            // `connected` closes the channel if the connect still succeeds.
+            if let promise = handshakePromise {
+                handshakePromise = nil
+                promise.fail(UpstreamFailure(.internalError, error: "aborted"))
+            }
+            state = .ended
+            session?.upstreamEnded()
+        case .handshaking(let channel), .open(let channel), .closing(let channel):
+            channel.close(promise: nil)
+        case .ended:
+            break
+        }
+    }
+
+    private func startCloseTimer(_ channel: Channel) {
+        closeTimer?.cancel()
+        closeTimer = eventLoop.scheduleTask(in: settings.closeHandshake) {
+            channel.close(promise: nil)
+        }
+    }
+
+    // MARK: Events from the frame handler
+
+    var mayRead: Bool { session?.mayReadUpstream ?? true }
+
+    func received(_ frame: WebSocketFrame) {
+        guard case .open = state else { return }
+        session?.upstreamReceived(frame)
+    }
+
+    func readComplete() {
+        session?.upstreamReadComplete()
+    }
+
+    func writabilityChanged(_ writable: Bool) {
+        if writable { session?.upstreamBecameWritable() }
+    }
+
+    /// The upstream sent a close frame.
+    func peerClosed(code: UInt16?, reason: String) {
+        switch state {
+        case .open(let channel):
+            // Answer it, then wait for the server to close TCP.
+            state = .closing(channel)
+            handler?.writeClose(code: code, reason: code == nil ? "" : reason, maskKey: maskingKeys.nextKey())
+            startCloseTimer(channel)
+            session?.upstreamClosed(code: code, reason: reason)
+        case .closing:
+            // The reply to ours; the server closes TCP next (timer as backstop).
+            break
+        default:
+            break
+        }
+    }
+
+    /// The upstream broke the protocol; `framingBroken` when NIO's decoder
+    /// can no longer parse its stream.
+    func violation(_ violation: FrameViolation, framingBroken: Bool) {
+        guard case .open(let channel) = state else {
+            if case .closing(let channel) = state, framingBroken { channel.close(promise: nil) }
+            return
+        }
+        state = .closing(channel)
+        let code: UInt16
+        let detail: String
+        switch violation {
+        case .protocolError(let d): code = 1002; detail = d
+        case .invalidUTF8: code = 1007; detail = "invalid UTF-8 in a text message or close reason"
+        case .messageTooBig(let limit): code = 1009; detail = "message over \(limit) bytes"
+        }
+        handler?.writeClose(code: code, reason: "", maskKey: maskingKeys.nextKey(), thenCloseTCP: framingBroken)
+        session?.upstreamCloseSent(code: code, reason: "")
+        startCloseTimer(channel)
+        session?.upstreamFailed(UpstreamFailure(.upstreamProtocolError, error: "upstream \(endpoint): \(detail)"))
+    }
+}
+
+/// Sends the upgrade request and reports non-101 answers. It stays after
+/// `NIOHTTPClientUpgradeHandler`, which forwards the response here only when
+/// the upgrade did not happen.
+final class UpstreamHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private let leg: WebSocketUpstream
+    private let request: HTTPRequestHead
+
+    init(leg: WebSocketUpstream, request: HTTPRequestHead) {
+        self.leg = leg
+        self.request = request
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(.head(request)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .head(let response) = unwrapInboundIn(data) else { return }
+        if response.status == .switchingProtocols {
+            leg.fail(UpstreamFailure(.upstreamProtocolError, error: "upstream sent 101 with an invalid Sec-WebSocket-Accept or Upgrade header"))
+        } else {
+            let code = Int(response.status.code)
+            leg.fail(UpstreamFailure(.upstreamHandshakeRejected, httpStatus: code, error: "upstream answered the upgrade with HTTP \(code)"))
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if error is NIOHTTPClientUpgradeError {
+            return  // the response that caused it arrives in channelRead
+        }
+        if error is HTTPParserError {
+            leg.fail(UpstreamFailure(.upstreamProtocolError, error: "invalid HTTP response to the upgrade: \(error)"))
+            return
+        }
+        leg.noteIOError(error)
+    }
+}

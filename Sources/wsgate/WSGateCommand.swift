@@ -1,0 +1,155 @@
+import ArgumentParser
+import Dispatch
+import Logging
+import NIOCore
+import NIOPosix
+import WSGate
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct WSGateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wsgate",
+        abstract: "A WebSocket gateway that tells clients why their connection ended.",
+        discussion: """
+            Relays each client WebSocket to the upstream its route names (a ws:// backend or builtin:echo) \
+            and finishes every connection with a close code that says what went wrong, logging one JSON \
+            line per closed connection.
+            """,
+        version: WSGateVersion.string,
+        subcommands: [Serve.self, CheckConfig.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+struct ConfigOption: ParsableArguments {
+    @Option(name: .long, help: "Config file (default: $WSGATE_CONFIG, then config/wsgate.yaml).")
+    var config: String?
+
+    var resolvedPath: String {
+        config ?? ProcessInfoLite.environment["WSGATE_CONFIG"] ?? "config/wsgate.yaml"
+    }
+
+    func load() throws(ConfigError) -> GatewayConfig {
+        let path = resolvedPath
+        guard let text = FileReader.read(path) else {
+            throw ConfigError(problems: [ConfigProblem(path: "", message: "cannot read config file \(path)")])
+        }
+        return try ConfigLoader.load(yaml: text, environment: ProcessInfoLite.environment)
+    }
+}
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate the config file: exit 0, or print every problem with its key path and exit 1.")
+
+    @OptionGroup var options: ConfigOption
+
+    func run() throws {
+        do {
+            let config = try options.load()
+            print("\(options.resolvedPath): OK (\(config.routes.count) route\(config.routes.count == 1 ? "" : "s"))")
+        } catch {
+            for problem in error.problems { printError("\(options.resolvedPath): \(problem)") }
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the gateway (the default command).")
+
+    @OptionGroup var options: ConfigOption
+
+    func run() async throws {
+        let config: GatewayConfig
+        do {
+            config = try options.load()
+        } catch {
+            for problem in error.problems {
+                EventLog.startupError(path: options.resolvedPath, problem: problem)
+            }
+            throw ExitCode(1)
+        }
+        let level = Logger.Level(rawValue: config.log.level.rawValue) ?? .info
+        let format = config.log.format
+        LoggingSystem.bootstrap { label in
+            GatewayLogHandler(label: label, level: level, format: format)
+        }
+        let logger = Logger(label: "wsgate")
+        signal(SIGPIPE, SIG_IGN)
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let server = GatewayServer(config: config, group: group, logger: logger, eventLog: EventLog(format: format))
+        do {
+            _ = try await server.start()
+        } catch {
+            logger.error("listen_failed", metadata: [
+                "host": .string(config.listen.host), "port": .stringConvertible(config.listen.port), "error": .string("\(error)"),
+            ])
+            try? await group.shutdownGracefully()
+            throw ExitCode(1)
+        }
+
+        let signalName = await ShutdownSignal.wait()
+        logger.notice("draining", metadata: [
+            "signal": .string(signalName), "connections": .stringConvertible(server.activeConnections),
+            "drain_timeout_ms": .stringConvertible(config.shutdown.drainTimeoutMs),
+        ])
+        // A second signal during the drain exits at once.
+        ShutdownSignal.exitOnNextSignal()
+        await server.drain(timeout: .milliseconds(Int64(config.shutdown.drainTimeoutMs)))
+        logger.notice("stopped", metadata: ["connections": .stringConvertible(server.activeConnections)])
+        try? await group.shutdownGracefully()
+    }
+}
+
+/// SIGTERM / SIGINT handling through Dispatch signal sources.
+enum ShutdownSignal {
+    nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
+
+    static func wait() async -> String {
+        await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
+            let once = OnceFlag()
+            for (sig, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
+                signal(sig, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+                source.setEventHandler {
+                    if once.claim() { continuation.resume(returning: name) }
+                }
+                source.resume()
+                sources.append(source)
+            }
+        }
+    }
+
+    static func exitOnNextSignal() {
+        for source in sources {
+            source.setEventHandler { exit(0) }
+        }
+    }
+}
+
+final class OnceFlag: @unchecked Sendable {
+    private var claimed = false
+    private let lock = NIOLockLite()
+    func claim() -> Bool {
+        lock.withLock {
+            if claimed { return false }
+            claimed = true
+            return true
+        }
+    }
+}
+
+func printError(_ line: String) {
+    var line = line
+    line.append("\n")
+    _ = line.withUTF8 { write(2, $0.baseAddress, $0.count) }
+}
