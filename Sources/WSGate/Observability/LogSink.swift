@@ -19,12 +19,25 @@ public final class LogSink: Sendable {
 
     private let fd: Int32
     private let lock = NIOLock()
+    private let capture: (@Sendable (String) -> Void)?
 
     public init(fileDescriptor: Int32) {
         self.fd = fileDescriptor
+        self.capture = nil
+    }
+
+    /// A sink that hands each line to `capture` instead of writing it (tests,
+    /// embedding).
+    public init(capture: @escaping @Sendable (String) -> Void) {
+        self.fd = -1
+        self.capture = capture
     }
 
     public func writeLine(_ line: String) {
+        if let capture {
+            capture(line)
+            return
+        }
         var line = line
         line.append("\n")
         lock.withLock {

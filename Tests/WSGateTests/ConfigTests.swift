@@ -1,0 +1,187 @@
+import Testing
+@testable import WSGate
+
+@Suite("Config loading")
+struct ConfigTests {
+    func problems(_ yaml: String, env: [String: String] = [:]) -> [String] {
+        do {
+            _ = try ConfigLoader.load(yaml: yaml, environment: env)
+            return []
+        } catch {
+            return error.problems.map(\.description)
+        }
+    }
+
+    @Test func minimalConfigGetsAllDefaults() throws {
+        let c = try ConfigLoader.load(yaml: "routes:\n  - path: /echo\n    upstream: builtin:echo\n")
+        #expect(c.listen.host == "0.0.0.0")
+        #expect(c.listen.port == 8080)
+        #expect(c.admin.host == "127.0.0.1")
+        #expect(c.admin.port == 9090)
+        #expect(c.limits.maxConnections == 10_000)
+        #expect(c.limits.maxMessageBytes == 1_048_576)
+        #expect(c.limits.handshakeTimeoutMs == 5000)
+        #expect(c.limits.idleTimeoutMs == 0)
+        #expect(c.timeouts.upstreamConnectMs == 3000)
+        #expect(c.timeouts.upstreamHandshakeMs == 5000)
+        #expect(c.timeouts.httpRequestMs == 10000)
+        #expect(c.timeouts.closeHandshakeMs == 2000)
+        #expect(c.shutdown.drainTimeoutMs == 10000)
+        #expect(c.shutdown.closeCode == 1001)
+        #expect(c.log.format == .json)
+        #expect(c.log.level == .info)
+        #expect(c.routes == [Route(path: "/echo", upstream: .echo)])
+        #expect(c.closeCodes.isEmpty)
+    }
+
+    @Test func fullConfigDecodes() throws {
+        let yaml = """
+            listen: {host: 127.0.0.1, port: 0}
+            admin: {port: 0}
+            limits: {max_connections: 5, max_message_bytes: 1000, handshake_timeout_ms: 100, idle_timeout_ms: 50}
+            timeouts: {upstream_connect_ms: 1, upstream_handshake_ms: 2, http_request_ms: 3, close_handshake_ms: 4}
+            shutdown: {drain_timeout_ms: 7, close_code: 1012}
+            log: {format: text, level: debug}
+            routes:
+              - path: /chat/*
+                upstream: ws://127.0.0.1:9001/chat
+                forward_headers: [Authorization, cookie]
+                origins: ["https://app.example.com"]
+            close_codes:
+              upstream_reset: 1014
+              overloaded: 4000
+            """
+        let c = try ConfigLoader.load(yaml: yaml)
+        #expect(c.listen.port == 0)
+        #expect(c.limits.maxConnections == 5)
+        #expect(c.timeouts.closeHandshakeMs == 4)
+        #expect(c.shutdown.closeCode == 1012)
+        #expect(c.log.format == .text)
+        #expect(c.routes[0].forwardHeaders == ["authorization", "cookie"])
+        #expect(c.routes[0].origins == ["https://app.example.com"])
+        guard case .webSocket(let url) = c.routes[0].upstream else {
+            Issue.record("expected ws upstream")
+            return
+        }
+        #expect(url.host == "127.0.0.1" && url.port == 9001 && url.path == "/chat")
+        #expect(c.closeCodes == [.upstreamReset: 1014, .overloaded: 4000])
+    }
+
+    @Test func everyProblemIsReportedWithItsKeyPath() {
+        let yaml = """
+            listen:
+              port: 70000
+            limits:
+              max_conections: 5
+            log:
+              level: loud
+            routes:
+              - path: /a
+                upstream: builtin:echo
+              - path: /b
+                upstream: ftp://example.com/x
+              - path: nope
+                upstrem: builtin:echo
+            close_codes:
+              upstream_reset: 1005
+              client_closed: 1000
+              bogus: 1000
+            """
+        let p = problems(yaml)
+        #expect(p.contains("listen.port: 70000 is out of range 0...65535"))
+        #expect(p.contains("limits.max_conections: unknown key (did you mean max_connections?)"))
+        #expect(p.contains { $0.hasPrefix("log.level: invalid value \"loud\"") })
+        #expect(p.contains("routes[1].upstream: unsupported scheme \"ftp\""))
+        #expect(p.contains("routes[2].path: must start with /"))
+        #expect(p.contains { $0.hasPrefix("routes[2].upstrem: unknown key") })
+        #expect(p.contains("routes[2].upstream: required key is missing"))
+        #expect(p.contains { $0.hasPrefix("close_codes.upstream_reset: 1005 is not allowed") })
+        #expect(p.contains { $0.hasPrefix("close_codes.client_closed: cannot be overridden") })
+        #expect(p.contains("close_codes.bogus: unknown cause"))
+        #expect(p.count == 10)
+    }
+
+    @Test func routesAreRequired() {
+        #expect(problems("listen: {port: 1}\n") == ["routes: required key is missing"])
+        #expect(problems("") == ["routes: required key is missing"])
+        #expect(problems("routes: []\n") == ["routes: at least one route is required"])
+    }
+
+    @Test func typeErrors() {
+        let p = problems("listen: 5\nroutes:\n  - path: /a\n    upstream: builtin:echo\nlimits:\n  max_connections: \"10\"\n")
+        #expect(p.contains("listen: expected a mapping, found a scalar"))
+        #expect(p.contains { $0.hasPrefix("limits.max_connections: expected an integer") })
+    }
+
+    @Test func invalidYAMLIsOneProblem() {
+        let p = problems("routes: [\n")
+        #expect(p.count == 1)
+        #expect(p[0].hasPrefix("invalid YAML"))
+    }
+
+    @Test func duplicateRoutePathsAndBadUpstreams() {
+        let yaml = """
+            routes:
+              - {path: /a, upstream: builtin:echo}
+              - {path: /a, upstream: builtin:echo}
+              - {path: /b, upstream: builtin:nope}
+              - {path: /c, upstream: "ws://"}
+              - {path: /d, upstream: "ws://host:0/x"}
+              - {path: /e/*/f, upstream: builtin:echo}
+              - {path: /g, upstream: builtin:echo, forward_headers: [upgrade, "bad header"]}
+            """
+        let p = problems(yaml)
+        #expect(p.contains { $0.hasPrefix("routes[1].path: duplicate path") })
+        #expect(p.contains { $0.hasPrefix("routes[2].upstream: unknown builtin") })
+        #expect(p.contains("routes[3].upstream: missing host"))
+        #expect(p.contains { $0.hasPrefix("routes[4].upstream: invalid port") })
+        #expect(p.contains { $0.hasPrefix("routes[5].path: * is only allowed") })
+        #expect(p.contains { $0.hasPrefix("routes[6].forward_headers[0]:") })
+        #expect(p.contains { $0.hasPrefix("routes[6].forward_headers[1]: invalid header name") })
+    }
+
+    @Test func shutdownCodeMustBeGoingAwayOrRestart() {
+        let p = problems("shutdown: {close_code: 1000}\nroutes:\n  - {path: /a, upstream: builtin:echo}\n")
+        #expect(p == ["shutdown.close_code: must be 1001 (Going Away) or 1012 (Service Restart), found 1000"])
+    }
+
+    @Test func environmentOverrides() throws {
+        let yaml = "listen: {port: 1234}\nroutes:\n  - {path: /a, upstream: builtin:echo}\n"
+        let env = ["WSGATE_LISTEN_PORT": "0", "WSGATE_ADMIN_PORT": "9999", "WSGATE_LOG_LEVEL": "DEBUG", "WSGATE_LOG_FORMAT": "text"]
+        let c = try ConfigLoader.load(yaml: yaml, environment: env)
+        #expect(c.listen.port == 0)
+        #expect(c.admin.port == 9999)
+        #expect(c.log.level == .debug)
+        #expect(c.log.format == .text)
+        #expect(problems(yaml, env: ["WSGATE_LISTEN_PORT": "http"]) == ["WSGATE_LISTEN_PORT: invalid port \"http\""])
+    }
+
+    @Test func shippedConfigsAreValid() throws {
+        for path in ["config/wsgate.yaml", "config/examples/production.yaml"] {
+            let text = try #require(readFile(path), "cannot read \(path)")
+            let c = try ConfigLoader.load(yaml: text)
+            #expect(!c.routes.isEmpty)
+        }
+        let shipped = try ConfigLoader.load(yaml: readFile("config/wsgate.yaml")!)
+        #expect(shipped.listen.port == 8080)
+        #expect(shipped.routes.contains { $0.path == "/echo" && $0.upstream == .echo })
+    }
+}
+
+/// Reads a file relative to the package root (tests run from there).
+func readFile(_ path: String) -> String? {
+    guard let f = fopen(path, "rb") else { return nil }
+    defer { fclose(f) }
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = fread(&buf, 1, buf.count, f)
+        out += buf[..<n]
+        if n < buf.count { break }
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
