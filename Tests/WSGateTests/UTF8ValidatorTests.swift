@@ -1,4 +1,5 @@
 import NIOCore
+import NIOEmbedded
 import NIOWebSocket
 import Testing
 @testable import WSGate
@@ -92,6 +93,47 @@ struct UTF8ValidatorTests {
             buffer.applyWebSocketMask(key)
             #expect(Array(buffer.readableBytesView) == bytes)
         }
+    }
+}
+
+@Suite("Masked frame writer")
+struct MaskedFrameWriterTests {
+    /// Serialized frames must decode, with NIO's own decoder, to the original
+    /// payload, under a key different from the client's.
+    @Test func reMasksInOnePass() throws {
+        let alloc = ByteBufferAllocator()
+        for length in [0, 5, 125, 126, 1000, 65535, 65536, 70001] {
+            let plain = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
+            let clientKey: WebSocketMaskingKey = [9, 8, 7, 6]
+            var masked = alloc.buffer(bytes: plain)
+            masked.applyWebSocketMask(clientKey)
+            let newKey: WebSocketMaskingKey = [1, 2, 3, 4]
+            let bytes = MaskedFrameWriter.serialize(
+                fin: length % 2 == 0, opcode: .binary, payload: masked, payloadMaskedWith: clientKey, newKey: newKey, allocator: alloc)
+            let channel = EmbeddedChannel(handler: ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 20)))
+            try channel.writeInbound(bytes)
+            let frame = try #require(try channel.readInbound(as: WebSocketFrame.self))
+            #expect(frame.maskKey == newKey)
+            #expect(frame.fin == (length % 2 == 0))
+            #expect(frame.opcode == .binary)
+            #expect(Array(frame.unmaskedData.readableBytesView) == plain, "length \(length)")
+            _ = try channel.finish()
+        }
+    }
+
+    @Test func maskedUTF8FeedMatchesPlain() {
+        let text = Array("ascii run then κόσμε and 😀 and more ascii text here".utf8)
+        let key: WebSocketMaskingKey = [0x37, 0xFA, 0x21, 0x3D]
+        var masked = ByteBufferAllocator().buffer(bytes: text)
+        masked.applyWebSocketMask(key)
+        var v = UTF8Validator()
+        let ok = masked.withUnsafeReadableBytes { v.feed($0, maskKey: key.littleEndianWord) }
+        #expect(ok && v.isComplete)
+        var bad = ByteBufferAllocator().buffer(bytes: text + [0xFF])
+        bad.applyWebSocketMask(key)
+        var v2 = UTF8Validator()
+        let ok2 = bad.withUnsafeReadableBytes { v2.feed($0, maskKey: key.littleEndianWord) }
+        #expect(!ok2)
     }
 }
 

@@ -12,7 +12,9 @@ public enum FrameViolation: Error, Equatable, Sendable {
     case messageTooBig(limit: Int)
 }
 
-/// A frame that passed validation, with its payload unmasked.
+/// A frame that passed validation. Control payloads are unmasked; data
+/// frames keep their payload *as received* (still masked when `maskKey` is
+/// set), so relaying them costs one re-masking copy and nothing else.
 public enum InboundFrame {
     /// A text, binary or continuation frame; `opcode` is the frame's own.
     case data(WebSocketFrame)
@@ -50,7 +52,8 @@ public struct FrameValidator {
     /// True while a fragmented message has started but not finished.
     public var isInsideMessage: Bool { messageOpcode != nil }
 
-    /// Validates `frame`, unmasking its payload in place.
+    /// Validates `frame`. Control frames are unmasked in place; data frames
+    /// are left masked (text is UTF-8-checked through the mask).
     public mutating func validate(_ frame: inout WebSocketFrame) -> Result<InboundFrame, FrameViolation> {
         if frame.rsv1 || frame.rsv2 || frame.rsv3 {
             return .failure(.protocolError("reserved bits set without a negotiated extension"))
@@ -60,11 +63,11 @@ public struct FrameValidator {
         case (.fromServer, .some): return .failure(.protocolError("server frame masked"))
         default: break
         }
-        if let key = frame.maskKey {
+        let opcode = frame.opcode
+        if opcode.isControlOpcode, let key = frame.maskKey {
             frame.data.applyWebSocketMask(key)
             frame.maskKey = nil
         }
-        let opcode = frame.opcode
         switch opcode {
         case .text, .binary:
             if messageOpcode != nil {
@@ -100,7 +103,8 @@ public struct FrameValidator {
         messageBytes += frame.data.readableBytes
         if messageBytes > maxMessageBytes { return .failure(.messageTooBig(limit: maxMessageBytes)) }
         if isText {
-            let ok = frame.data.withUnsafeReadableBytes { utf8.feed($0) }
+            let key = frame.maskKey?.littleEndianWord ?? 0
+            let ok = frame.data.withUnsafeReadableBytes { utf8.feed($0, maskKey: key) }
             if !ok || (frame.fin && !utf8.isComplete) { return .failure(.invalidUTF8) }
         }
         return .success(.data(frame))

@@ -44,6 +44,65 @@ extension ByteBuffer {
     }
 }
 
+extension WebSocketMaskingKey {
+    /// The key as four bytes in wire order, packed little-endian (byte 0 in
+    /// the low bits), the layout word-wise XOR loops want.
+    var littleEndianWord: UInt32 {
+        UInt32(self[0]) | UInt32(self[1]) << 8 | UInt32(self[2]) << 16 | UInt32(self[3]) << 24
+    }
+}
+
+/// Serializes frames the way a WebSocket *client* must send them (masked),
+/// writing header and payload into one buffer in a single pass.
+///
+/// This is the relay's client → upstream hot path. A client's payload arrives
+/// masked with the client's key; it is copied out re-masked with a fresh key
+/// in the same pass (XOR with `clientKey ^ newKey`), so the gateway never
+/// reuses the client's key toward the upstream, never unmasks into a
+/// temporary, and allocates exactly one buffer per frame. (NIO's encoder
+/// would unmask-copy, mask-copy and add a header buffer.)
+enum MaskedFrameWriter {
+    static func serialize(
+        fin: Bool, opcode: WebSocketOpcode, payload: ByteBuffer, payloadMaskedWith payloadKey: WebSocketMaskingKey?,
+        newKey: WebSocketMaskingKey, allocator: ByteBufferAllocator
+    ) -> ByteBuffer {
+        let length = payload.readableBytes
+        let lengthBytes = length < 126 ? 0 : (length <= 0xFFFF ? 2 : 8)
+        var out = allocator.buffer(capacity: 2 + lengthBytes + 4 + length)
+        out.writeInteger(UInt8(fin ? 0x80 : 0) | UInt8(webSocketOpcode: opcode))
+        switch lengthBytes {
+        case 0: out.writeInteger(UInt8(0x80) | UInt8(length))
+        case 2:
+            out.writeInteger(UInt8(0x80 | 126))
+            out.writeInteger(UInt16(length))
+        default:
+            out.writeInteger(UInt8(0x80 | 127))
+            out.writeInteger(UInt64(length))
+        }
+        out.writeBytes(newKey)
+        let combined = newKey.littleEndianWord ^ (payloadKey?.littleEndianWord ?? 0)
+        let key64 = UInt64(combined) | UInt64(combined) << 32
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { destination in
+            payload.withUnsafeReadableBytes { source in
+                guard let src = source.baseAddress, let dst = destination.baseAddress else { return 0 }
+                var i = 0
+                while i + 8 <= length {
+                    let word = UInt64(littleEndian: src.loadUnaligned(fromByteOffset: i, as: UInt64.self)) ^ key64
+                    dst.storeBytes(of: word.littleEndian, toByteOffset: i, as: UInt64.self)
+                    i += 8
+                }
+                while i < length {
+                    let k = UInt8(truncatingIfNeeded: combined >> UInt32((i & 3) * 8))
+                    dst.storeBytes(of: src.load(fromByteOffset: i, as: UInt8.self) ^ k, toByteOffset: i, as: UInt8.self)
+                    i += 1
+                }
+                return length
+            }
+        }
+        return out
+    }
+}
+
 /// Masking keys for frames sent upstream. RFC 6455 §5.3 asks for keys a
 /// client cannot predict; the system CSPRNG is read 64 keys per call instead
 /// of once per frame, so masking costs no syscall on the hot path.

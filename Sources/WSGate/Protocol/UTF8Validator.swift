@@ -21,9 +21,18 @@ public struct UTF8Validator: Sendable {
     /// Feeds more bytes; returns false as soon as the input can no longer be
     /// valid UTF-8 (the validator then stays failed).
     public mutating func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        feed(bytes, maskKey: 0)
+    }
+
+    /// Feeds bytes that are still WebSocket-masked with `maskKey` (the four
+    /// key bytes in wire order packed little-endian: byte 0 in the low bits),
+    /// unmasking on the fly so the payload never has to be copied to be
+    /// checked. The first byte of `bytes` is at key position 0.
+    public mutating func feed(_ bytes: UnsafeRawBufferPointer, maskKey: UInt32) -> Bool {
         guard state != Self.reject else { return false }
         guard let base = bytes.baseAddress else { return true }
         let count = bytes.count
+        let key64 = UInt64(maskKey) | UInt64(maskKey) << 32
         var i = 0
         var state = self.state
         defer { self.state = state }
@@ -31,14 +40,17 @@ public struct UTF8Validator: Sendable {
             while i < count {
                 if state == Self.accept {
                     // Fast path: skip whole words of ASCII.
+                    let shift = UInt64((i & 3) * 8)
+                    let rotated = shift == 0 ? key64 : (key64 >> shift) | (key64 << (64 - shift))
                     while i + 8 <= count {
-                        let word = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+                        let word = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: i, as: UInt64.self)) ^ rotated
                         if word & 0x8080_8080_8080_8080 != 0 { break }
                         i += 8
                     }
                     if i == count { break }
                 }
-                let byte = base.load(fromByteOffset: i, as: UInt8.self)
+                let keyByte = UInt8(truncatingIfNeeded: maskKey >> UInt32((i & 3) * 8))
+                let byte = base.load(fromByteOffset: i, as: UInt8.self) ^ keyByte
                 let type = table[Int(byte)]
                 state = table[256 + Int(state) + Int(type)]
                 if state == Self.reject { return false }

@@ -30,8 +30,10 @@ final class RejectHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if error is HTTPParserError, !responded {
-            let r = HandshakeCheck.Rejection(status: .badRequest, reason: "malformed HTTP request")
+        if let parserError = error as? HTTPParserError, !responded {
+            let r = parserError == .headerOverflow
+                ? HandshakeCheck.Rejection(status: .requestHeaderFieldsTooLarge, reason: "request headers too large")
+                : HandshakeCheck.Rejection(status: .badRequest, reason: "malformed HTTP request")
             respond(context: context, r, method: "", path: "", origin: nil, error: "\(error)")
         } else if !(error is NIOWebSocketUpgradeError) {
             context.fireErrorCaught(error)

@@ -21,6 +21,12 @@ final class EchoUpstream: UpstreamLeg {
     func startRelaying() {}
 
     func send(_ frame: WebSocketFrame) {
+        var frame = frame
+        if let key = frame.maskKey {
+            // Toward the client frames must not be masked: unmask (one copy).
+            frame.data.applyWebSocketMask(key)
+            frame.maskKey = nil
+        }
         session?.upstreamReceived(frame)
     }
 

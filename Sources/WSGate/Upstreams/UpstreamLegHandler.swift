@@ -4,6 +4,11 @@ import NIOWebSocket
 /// The frame handler on an upstream WebSocket channel: validates the
 /// server's frames, answers pings, holds reads while the client is not
 /// writable, and reports everything else to its `WebSocketUpstream`.
+///
+/// Outbound it serializes frames itself with `MaskedFrameWriter` and writes
+/// the bytes through a `RawFrameOutlet` at the pipeline head, bypassing NIO's
+/// `WebSocketFrameEncoder`: relayed client payloads are re-masked in the same
+/// pass that copies them out.
 final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = WebSocketFrame
     typealias OutboundIn = WebSocketFrame
@@ -16,9 +21,13 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var needsFlush = false
     private var inputDone = false
     private var closeSent = false
+    private var maskingKeys = MaskingKeySource()
 
-    init(leg: WebSocketUpstream, maxMessageBytes: Int) {
+    private let outlet: RawFrameOutlet
+
+    init(leg: WebSocketUpstream, outlet: RawFrameOutlet, maxMessageBytes: Int) {
         self.leg = leg
+        self.outlet = outlet
         self.validator = FrameValidator(role: .fromServer, maxMessageBytes: maxMessageBytes)
     }
 
@@ -38,9 +47,7 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
             leg.received(frame)
         case .success(.ping(let payload)):
             guard !closeSent else { return }
-            var pong = WebSocketFrame(fin: true, opcode: .pong, data: payload)
-            pong.maskKey = .random()
-            context.write(wrapOutboundOut(pong), promise: nil)
+            outlet.write(serialize(fin: true, opcode: .pong, payload: payload, maskedWith: nil, context: context))
             needsFlush = true
         case .success(.pong):
             break
@@ -92,9 +99,18 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Called by the leg
 
+    private func serialize(fin: Bool, opcode: WebSocketOpcode, payload: ByteBuffer, maskedWith: WebSocketMaskingKey?, context: ChannelHandlerContext) -> ByteBuffer {
+        MaskedFrameWriter.serialize(
+            fin: fin, opcode: opcode, payload: payload, payloadMaskedWith: maskedWith,
+            newKey: maskingKeys.nextKey(), allocator: context.channel.allocator)
+    }
+
+    /// Relays a client data frame (payload as received, masked with the
+    /// client's key if `frame.maskKey` is set). Not flushed.
     func write(_ frame: WebSocketFrame) {
-        guard !closeSent else { return }
-        context?.write(wrapOutboundOut(frame), promise: nil)
+        guard !closeSent, let context else { return }
+        let bytes = serialize(fin: frame.fin, opcode: frame.opcode, payload: frame.data, maskedWith: frame.maskKey, context: context)
+        outlet.write(bytes)
     }
 
     func flush() {
@@ -109,7 +125,7 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Writes and flushes a close frame; `thenCloseTCP` closes the channel
     /// once it is written (used when the peer's stream can't be parsed anymore).
-    func writeClose(code: UInt16?, reason: String, maskKey: WebSocketMaskingKey, thenCloseTCP: Bool = false) {
+    func writeClose(code: UInt16?, reason: String, thenCloseTCP: Bool = false) {
         guard let context, !closeSent else {
             if thenCloseTCP { context?.close(promise: nil) }
             return
@@ -120,11 +136,40 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
             payload.writeInteger(code)
             payload.writeString(CloseReason.truncate(reason))
         }
-        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: maskKey, data: payload)
+        let frame = serialize(fin: true, opcode: .connectionClose, payload: payload, maskedWith: nil, context: context)
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(frame)).assumeIsolated().whenComplete { _ in
+        outlet.writeAndFlush(frame, on: context.eventLoop).assumeIsolated().whenComplete { _ in
             if thenCloseTCP { channel.close(promise: nil) }
         }
         if readHeld { resumeReading() }
+    }
+}
+
+/// An outbound handler placed right after the pipeline head: writing through
+/// its context sends already-serialized frame bytes to the socket without
+/// passing NIO's `WebSocketFrameEncoder`.
+final class RawFrameOutlet: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func write(_ bytes: ByteBuffer) {
+        context?.write(wrapOutboundOut(bytes), promise: nil)
+    }
+
+    func writeAndFlush(_ bytes: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<Void> {
+        guard let context else {
+            return eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+        }
+        return context.writeAndFlush(wrapOutboundOut(bytes))
     }
 }

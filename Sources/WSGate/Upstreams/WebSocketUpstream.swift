@@ -28,7 +28,6 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
     private var handshakePromise: EventLoopPromise<String?>?
     private var handshakeTimer: Scheduled<Void>?
     private var closeTimer: Scheduled<Void>?
-    private var maskingKeys = MaskingKeySource()
     private var lastIOError: String?
     private var aborted = false
 
@@ -102,7 +101,12 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
             if let chosen, !self.offeredProtocols.contains(chosen) {
                 throw UpstreamFailure(.upstreamProtocolError, error: "upstream chose subprotocol \(chosen) that the client did not offer")
             }
-            let handler = UpstreamLegHandler(leg: self, maxMessageBytes: self.settings.maxMessageBytes)
+            // The leg handler serializes its own (masked) frames and writes
+            // them through an outlet next to the pipeline head, past NIO's
+            // frame encoder (which cannot be removed).
+            let outlet = RawFrameOutlet()
+            try channel.pipeline.syncOperations.addHandler(outlet, position: .first)
+            let handler = UpstreamLegHandler(leg: self, outlet: outlet, maxMessageBytes: self.settings.maxMessageBytes)
             try channel.pipeline.syncOperations.addHandler(handler)
             self.handler = handler
             if let handshake = try? channel.pipeline.syncOperations.handler(type: UpstreamHandshakeHandler.self) {
@@ -166,8 +170,6 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
 
     func send(_ frame: WebSocketFrame) {
         guard case .open = state, let handler else { return }
-        var frame = frame
-        frame.maskKey = maskingKeys.nextKey()
         handler.write(frame)
     }
 
@@ -188,7 +190,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         switch state {
         case .open(let channel):
             state = .closing(channel)
-            handler?.writeClose(code: code, reason: reason, maskKey: maskingKeys.nextKey())
+            handler?.writeClose(code: code, reason: reason)
             session?.upstreamCloseSent(code: code, reason: reason)
             startCloseTimer(channel)
         case .idle, .connecting, .handshaking:
@@ -246,7 +248,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         case .open(let channel):
             // Answer it, then wait for the server to close TCP.
             state = .closing(channel)
-            handler?.writeClose(code: code, reason: code == nil ? "" : reason, maskKey: maskingKeys.nextKey())
+            handler?.writeClose(code: code, reason: code == nil ? "" : reason)
             startCloseTimer(channel)
             session?.upstreamClosed(code: code, reason: reason)
         case .closing:
@@ -272,7 +274,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         case .invalidUTF8: code = 1007; detail = "invalid UTF-8 in a text message or close reason"
         case .messageTooBig(let limit): code = 1009; detail = "message over \(limit) bytes"
         }
-        handler?.writeClose(code: code, reason: "", maskKey: maskingKeys.nextKey(), thenCloseTCP: framingBroken)
+        handler?.writeClose(code: code, reason: "", thenCloseTCP: framingBroken)
         session?.upstreamCloseSent(code: code, reason: "")
         startCloseTimer(channel)
         session?.upstreamFailed(UpstreamFailure(.upstreamProtocolError, error: "upstream \(endpoint): \(detail)"))
