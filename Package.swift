@@ -15,9 +15,19 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
+        // libcurl (Debian: libcurl4-openssl-dev), for HTTP upstreams.
+        .systemLibrary(
+            name: "CCurl",
+            pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]
+        ),
+        // Typed wrappers for libcurl's variadic setopt/getinfo calls.
+        .target(name: "CCurlShim", dependencies: ["CCurl"]),
         .target(
             name: "WSGate",
             dependencies: [
+                "CCurl",
+                "CCurlShim",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

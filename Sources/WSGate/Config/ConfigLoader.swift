@@ -346,7 +346,7 @@ private struct Reader {
         case .webSocket(let url):
             return url.isTLS ? "wss:// upstreams are not supported by this build yet" : nil
         case .http:
-            return "http:// and https:// upstreams are not supported by this build yet"
+            return nil
         }
     }
 

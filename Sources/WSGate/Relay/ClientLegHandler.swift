@@ -44,7 +44,7 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var frame = unwrapInboundIn(data)
         switch validator.validate(&frame) {
         case .success(.data(let frame)):
-            session.clientData(frame)
+            if !closeFrameSent { session.clientData(frame) }
         case .success(.ping(let payload)):
             guard !closeFrameSent else { return }
             context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
@@ -56,6 +56,8 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
             inputDone = true
             session.clientClose(code: code, reason: reason)
         case .failure(let violation):
+            // After our close frame we only wait for the client's reply.
+            guard !closeFrameSent else { return }
             inputDone = true
             session.clientViolation(violation, framingBroken: false)
         }

@@ -29,14 +29,18 @@ final class GatewayContext: Sendable {
     let eventLog: EventLog
     let logger: Logger
     let registry = SessionRegistry()
+    /// The libcurl client, only when a route has an HTTP upstream.
+    let curl: CurlClient?
 
-    init(config: GatewayConfig, eventLog: EventLog, logger: Logger) {
+    init(config: GatewayConfig, eventLog: EventLog, logger: Logger, group: EventLoopGroup) {
         self.config = config
         self.routes = RouteTable(routes: config.routes)
         self.policy = ClosePolicy(config: config)
         self.settings = SessionSettings(config: config)
         self.eventLog = eventLog
         self.logger = logger
+        let needsHTTP = config.routes.contains { if case .http = $0.upstream { return true } else { return false } }
+        self.curl = needsHTTP ? CurlClient(eventLoop: group.next()) : nil
     }
 }
 

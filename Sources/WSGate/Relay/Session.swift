@@ -392,6 +392,7 @@ final class Session: @unchecked Sendable {
             upstreamStatus: details.httpStatus, error: errorText, durationMs: duration,
             messagesIn: messagesIn, messagesOut: messagesOut, bytesIn: bytesIn, bytesOut: bytesOut)
         gateway.eventLog.closed(event)
+        upstream?.connectionFinished(event)
         // Break the session ↔ leg reference cycles.
         client = nil
         upstream = nil

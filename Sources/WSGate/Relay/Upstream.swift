@@ -35,6 +35,13 @@ protocol UpstreamLeg: AnyObject {
 
     /// Drops the upstream at once. Idempotent; reports `upstreamEnded`.
     func abort()
+
+    /// The connection's close event has been logged (hooks, e.g. `disconnect_url`).
+    func connectionFinished(_ event: CloseEvent)
+}
+
+extension UpstreamLeg {
+    func connectionFinished(_ event: CloseEvent) {}
 }
 
 /// Why an upstream could not be used or stopped working, already classified

@@ -63,8 +63,14 @@ final class ClientConnection: @unchecked Sendable {
                 requestHeaders: upstreamHeaders(for: head, url: match.upstreamURL!, route: match.route, connectionID: session.id),
                 offeredProtocols: offered, settings: gateway.settings)
         case .http:
-            session.startRefused(.internalError)
-            return eventLoop.makeSucceededFuture(HTTPHeaders())
+            guard let curl = gateway.curl else {
+                session.startRefused(.internalError)
+                return eventLoop.makeSucceededFuture(HTTPHeaders())
+            }
+            upstream = HTTPUpstream(
+                session: session, client: curl, url: match.upstreamURL!, route: match.route,
+                commonHeaders: httpHeaderLines(for: head, route: match.route, connectionID: session.id),
+                config: gateway.config, logger: gateway.logger)
         }
         return session.start(upstream: upstream).map { chosen in
             var headers = HTTPHeaders()
@@ -85,6 +91,21 @@ final class ClientConnection: @unchecked Sendable {
             try channel.pipeline.syncOperations.addHandler(handler)
             session.clientAttached(handler)
         }
+    }
+
+    /// Header lines every HTTP upstream request of this connection carries
+    /// (contract §6): connection id, `X-Forwarded-For`, `forward_headers`.
+    func httpHeaderLines(for head: HTTPRequestHead, route: Route, connectionID: String) -> [String] {
+        var lines = ["X-WSGate-Connection-Id: \(connectionID)"]
+        let clientIP = channel.remoteAddress?.ipAddress ?? "unknown"
+        let prior = head.headers["x-forwarded-for"].joined(separator: ", ")
+        lines.append("X-Forwarded-For: \(prior.isEmpty ? clientIP : "\(prior), \(clientIP)")")
+        for name in route.forwardHeaders {
+            for value in head.headers[name] where !value.utf8.contains(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0 }) {
+                lines.append("\(name): \(value)")
+            }
+        }
+        return lines
     }
 
     static func offeredProtocols(_ headers: HTTPHeaders) -> [String] {

@@ -13,7 +13,7 @@ public final class GatewayServer: Sendable {
     private let serverChannel: NIOLockedBox<Channel?> = NIOLockedBox(nil)
 
     public init(config: GatewayConfig, group: EventLoopGroup, logger: Logger, eventLog: EventLog) {
-        self.gateway = GatewayContext(config: config, eventLog: eventLog, logger: logger)
+        self.gateway = GatewayContext(config: config, eventLog: eventLog, logger: logger, group: group)
         self.group = group
     }
 
@@ -82,6 +82,9 @@ public final class GatewayServer: Sendable {
                 try? await Task.sleep(nanoseconds: 10_000_000)
             }
         }
+        // disconnect_url hooks and any last requests finish (each bounded by
+        // http_request_ms), then the curl worker stops.
+        await gateway.curl?.shutdown()
     }
 }
 

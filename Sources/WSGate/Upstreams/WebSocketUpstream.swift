@@ -48,8 +48,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         let promise = eventLoop.makePromise(of: String?.self)
         handshakePromise = promise
         state = .connecting
-        var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: url.requestTarget)
-        head.headers = requestHeaders
+        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: url.requestTarget, headers: requestHeaders)
         let maxFrame = settings.maxMessageBytes
         ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.upstreamConnect)

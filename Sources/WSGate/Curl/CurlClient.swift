@@ -1,0 +1,285 @@
+import CCurl
+import CCurlShim
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// All HTTP upstream traffic goes through one libcurl multi handle, driven by
+/// one worker thread.
+///
+/// Why a thread with `curl_multi_poll` rather than socket callbacks on the
+/// event loops: libcurl handles may only be touched from one thread, and
+/// `curl_multi_wakeup` is the only thread-safe multi call. A dedicated
+/// thread that owns every handle, fed by a locked queue and woken with
+/// `curl_multi_wakeup`, keeps libcurl entirely off the event loops (no
+/// blocking, no locks there beyond the enqueue) and is simple to reason
+/// about. Completions go back to the requesting Session's event loop through
+/// its promise. One multi handle also means one connection cache: keep-alive
+/// connections are reused across all client connections.
+///
+/// Requests beyond `maxInFlight` wait in the queue *before* they are added to
+/// the multi handle, because `CURLOPT_TIMEOUT_MS` counts time spent waiting
+/// for a connection slot inside libcurl.
+final class CurlClient: @unchecked Sendable {
+    private struct Pending {
+        var request: CurlRequest
+        var promise: EventLoopPromise<CurlResponse>
+    }
+
+    private let multi: UnsafeMutableRawPointer
+    private let lock = NIOLock()
+    private var queue: [Pending] = []  // guarded by lock
+    private var stopping = false  // guarded by lock
+    private let maxInFlight: Int
+    private let pool = NIOThreadPool(numberOfThreads: 1)
+    private let stopped: EventLoopPromise<Void>
+
+    // Worker-thread state.
+    private var running: [UnsafeMutableRawPointer: Transfer] = [:]
+    private var idleHandles: [UnsafeMutableRawPointer] = []
+
+    private static let globalInit: Void = {
+        curl_global_init(Int(CURL_GLOBAL_DEFAULT))
+    }()
+
+    init(maxInFlight: Int = 512, eventLoop: EventLoop) {
+        _ = Self.globalInit
+        self.maxInFlight = maxInFlight
+        self.multi = curl_multi_init()!
+        self.stopped = eventLoop.makePromise()
+        // Keep as many idle keep-alive connections as we may have transfers.
+        wsgate_curl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, maxInFlight)
+        // No per-host cap inside libcurl: the cap is ours, before the queue.
+        wsgate_curl_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0)
+        wsgate_curl_multi_setopt_long(multi, CURLMOPT_PIPELINING, Int(CURLPIPE_MULTIPLEX))
+        pool.start()
+        pool.submit { [self] _ in
+            self.run()
+        }
+    }
+
+    /// Queues a request; the future completes on `eventLoop`.
+    func execute(_ request: CurlRequest, on eventLoop: EventLoop) -> EventLoopFuture<CurlResponse> {
+        let promise = eventLoop.makePromise(of: CurlResponse.self)
+        let accepted = lock.withLock { () -> Bool in
+            guard !stopping else { return false }
+            queue.append(Pending(request: request, promise: promise))
+            return true
+        }
+        if accepted {
+            curl_multi_wakeup(multi)
+        } else {
+            promise.fail(CurlFailure(cause: .internalError, message: "HTTP client stopped", curlCode: -1))
+        }
+        return promise.futureResult
+    }
+
+    /// Finishes in-flight transfers (each bounded by its own timeout), fails
+    /// queued ones, then stops the worker.
+    func shutdown() async {
+        lock.withLock { stopping = true }
+        curl_multi_wakeup(multi)
+        try? await stopped.futureResult.get()
+        try? await pool.shutdownGracefully()
+    }
+
+    // MARK: Worker thread
+
+    private func run() {
+        var stillRunning: Int32 = 0
+        while true {
+            let (batch, stop) = lock.withLock { () -> ([Pending], Bool) in
+                let room = maxInFlight - running.count
+                let take = min(room, queue.count)
+                let batch = Array(queue.prefix(take))
+                queue.removeFirst(take)
+                if stopping {
+                    let rest = queue
+                    queue = []
+                    for p in rest {
+                        p.promise.fail(CurlFailure(cause: .shutdown, message: "gateway shutting down", curlCode: -1))
+                    }
+                }
+                return (batch, stopping)
+            }
+            for pending in batch { start(pending) }
+            if stop && running.isEmpty { break }
+            curl_multi_perform(multi, &stillRunning)
+            collectFinished()
+            curl_multi_poll(multi, nil, 0, 1000, nil)
+        }
+        for handle in idleHandles { curl_easy_cleanup(handle) }
+        idleHandles = []
+        curl_multi_cleanup(multi)
+        stopped.succeed(())
+    }
+
+    private func start(_ pending: Pending) {
+        let handle = idleHandles.popLast() ?? curl_easy_init()!
+        let transfer = Transfer(request: pending.request, promise: pending.promise)
+        transfer.configure(handle)
+        running[handle] = transfer
+        curl_multi_add_handle(multi, handle)
+    }
+
+    private func collectFinished() {
+        var left: Int32 = 0
+        while let message = curl_multi_info_read(multi, &left) {
+            guard message.pointee.msg == CURLMSG_DONE, let handle = message.pointee.easy_handle else { continue }
+            let code = message.pointee.data.result
+            curl_multi_remove_handle(multi, handle)
+            if let transfer = running.removeValue(forKey: handle) {
+                transfer.finish(handle: handle, code: code)
+            }
+            curl_easy_reset(handle)
+            if idleHandles.count < 64 { idleHandles.append(handle) } else { curl_easy_cleanup(handle) }
+        }
+    }
+}
+
+/// One request in flight on the worker thread: owns its header list, body
+/// copy and error buffer for as long as libcurl may read them.
+private final class Transfer {
+    let request: CurlRequest
+    let promise: EventLoopPromise<CurlResponse>
+    var responseBody: ByteBuffer
+    var oversized = false
+    private var headerList: UnsafeMutablePointer<curl_slist>?
+    private var bodyCopy: UnsafeMutableRawBufferPointer?
+    private let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
+    private var urlCString: [CChar]
+    private var methodCString: [CChar]
+
+    init(request: CurlRequest, promise: EventLoopPromise<CurlResponse>) {
+        self.request = request
+        self.promise = promise
+        self.responseBody = ByteBufferAllocator().buffer(capacity: 0)
+        self.urlCString = Array(request.url.utf8CString)
+        self.methodCString = Array(request.method.utf8CString)
+        errorBuffer.initialize(to: 0)
+    }
+
+    deinit {
+        curl_slist_free_all(headerList)
+        bodyCopy?.deallocate()
+        errorBuffer.deallocate()
+    }
+
+    func configure(_ handle: UnsafeMutableRawPointer) {
+        let h = handle
+        wsgate_curl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
+        urlCString.withUnsafeBufferPointer { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_URL, $0.baseAddress) }
+        // CURLOPT_URL copies the string; so do CUSTOMREQUEST and the slist entries.
+        "http,https".withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_PROTOCOLS_STR, $0) }
+        // Upstreams are internal services: never route them through an
+        // HTTP(S)_PROXY from the environment.
+        "*".withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_NOPROXY, $0) }
+        wsgate_curl_easy_setopt_long(h, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_2TLS))
+        wsgate_curl_easy_setopt_long(h, CURLOPT_CONNECTTIMEOUT_MS, request.connectTimeoutMs)
+        wsgate_curl_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, request.totalTimeoutMs)
+        wsgate_curl_easy_setopt_long(h, CURLOPT_TCP_KEEPALIVE, 1)
+        wsgate_curl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
+        wsgate_curl_easy_setopt_ptr(h, CURLOPT_ERRORBUFFER, errorBuffer)
+        methodCString.withUnsafeBufferPointer { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_CUSTOMREQUEST, $0.baseAddress) }
+        // Body: copied once into memory that lives until the transfer ends.
+        let length = request.body?.readableBytes ?? 0
+        if let body = request.body, length > 0 {
+            let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 1)
+            body.withUnsafeReadableBytes { copy.copyMemory(from: $0) }
+            bodyCopy = copy
+            wsgate_curl_easy_setopt_ptr(h, CURLOPT_POSTFIELDS, copy.baseAddress)
+        } else {
+            // POSTFIELDS is not copied by libcurl: point at static memory.
+            wsgate_curl_easy_setopt_ptr(h, CURLOPT_POSTFIELDS, emptyCString)
+        }
+        wsgate_curl_easy_setopt_off_t(h, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(length))
+        var list: UnsafeMutablePointer<curl_slist>? = nil
+        for line in request.headers { list = curl_slist_append(list, line) }
+        // No "Expect: 100-continue" round trip for large bodies.
+        list = curl_slist_append(list, "Expect:")
+        headerList = list
+        wsgate_curl_easy_setopt_ptr(h, CURLOPT_HTTPHEADER, list)
+        wsgate_curl_easy_setopt_write_function(h, transferWriteCallback)
+        wsgate_curl_easy_setopt_ptr(h, CURLOPT_WRITEDATA, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    func finish(handle: UnsafeMutableRawPointer, code: CURLcode) {
+        if code == CURLE_OK {
+            var status = 0
+            wsgate_curl_easy_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+            var typePointer: UnsafePointer<CChar>? = nil
+            wsgate_curl_easy_getinfo_string(handle, CURLINFO_CONTENT_TYPE, &typePointer)
+            let contentType = typePointer.map { String(cString: $0) }.map(Self.mediaType)
+            promise.succeed(CurlResponse(status: status, contentType: contentType, body: responseBody))
+            return
+        }
+        let detail = errorBuffer.pointee != 0 ? String(cString: errorBuffer) : String(cString: curl_easy_strerror(code))
+        if oversized {
+            promise.fail(CurlFailure(
+                cause: .upstreamProtocolError, message: "response body over \(request.maxResponseBytes) bytes", curlCode: Int32(code.rawValue)))
+            return
+        }
+        promise.fail(CurlFailure(cause: CurlErrorClassifier.cause(code), message: detail, curlCode: Int32(code.rawValue)))
+    }
+
+    /// `text/plain; charset=utf-8` → `text/plain`
+    static func mediaType(_ header: String) -> String {
+        let main = header.split(separator: ";", maxSplits: 1).first ?? ""
+        return main.trimmingCharacters(in: " \t").lowercased()
+    }
+}
+
+private extension Substring {
+    func trimmingCharacters(in set: String) -> String {
+        var s = self
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+/// A static, never freed "" for bodiless requests.
+nonisolated(unsafe) private let emptyCString: UnsafeMutablePointer<CChar> = {
+    let p = UnsafeMutablePointer<CChar>.allocate(capacity: 1)
+    p.initialize(to: 0)
+    return p
+}()
+
+/// libcurl's write callback: appends to the transfer's body, refusing more
+/// than `maxResponseBytes` (returning a short count makes libcurl abort the
+/// transfer with CURLE_WRITE_ERROR).
+private let transferWriteCallback: wsgate_curl_data_cb = { data, size, count, userdata in
+    let transfer = Unmanaged<Transfer>.fromOpaque(userdata!).takeUnretainedValue()
+    let bytes = size * count
+    if transfer.responseBody.readableBytes + bytes > transfer.request.maxResponseBytes {
+        transfer.oversized = true
+        return 0
+    }
+    if let data {
+        transfer.responseBody.writeBytes(UnsafeRawBufferPointer(start: data, count: bytes))
+    }
+    return bytes
+}
+
+/// CURLcode → close cause (the contract's §4 rows for HTTP upstreams).
+enum CurlErrorClassifier {
+    static func cause(_ code: CURLcode) -> CloseCause {
+        switch code {
+        case CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY, CURLE_COULDNT_CONNECT:
+            return .upstreamUnreachable
+        case CURLE_OPERATION_TIMEDOUT:
+            return .upstreamTimeout
+        case CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CERTPROBLEM, CURLE_SSL_CIPHER,
+            CURLE_SSL_CACERT_BADFILE, CURLE_SSL_ISSUER_ERROR, CURLE_SSL_PINNEDPUBKEYNOTMATCH,
+            CURLE_SSL_INVALIDCERTSTATUS, CURLE_SSL_ENGINE_NOTFOUND, CURLE_SSL_ENGINE_SETFAILED,
+            CURLE_SSL_ENGINE_INITFAILED, CURLE_SSL_CRL_BADFILE, CURLE_SSL_SHUTDOWN_FAILED, CURLE_USE_SSL_FAILED:
+            return .upstreamTLSError
+        case CURLE_OUT_OF_MEMORY, CURLE_BAD_FUNCTION_ARGUMENT, CURLE_UNKNOWN_OPTION, CURLE_FAILED_INIT:
+            return .internalError
+        default:
+            // CURLE_GOT_NOTHING, CURLE_WEIRD_SERVER_REPLY, CURLE_RECV_ERROR,
+            // CURLE_SEND_ERROR, CURLE_PARTIAL_FILE, CURLE_HTTP2*, …
+            return .upstreamProtocolError
+        }
+    }
+}

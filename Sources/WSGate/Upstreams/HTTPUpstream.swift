@@ -1,0 +1,236 @@
+import Logging
+import NIOCore
+import NIOWebSocket
+
+/// An `http://` / `https://` upstream: every complete client message becomes
+/// one HTTP request made with libcurl; a 2xx response body becomes one
+/// message back. Requests of one connection run concurrently (up to
+/// `maxInFlight`), responses are delivered strictly in message order.
+final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
+    /// One message's request, in order; `result` is set when it completes.
+    private final class Slot {
+        var result: Result<CurlResponse, Error>?
+    }
+
+    /// More than this many requests in flight on one connection: stop reading
+    /// the client until responses come back (backpressure).
+    static let maxInFlight = 32
+
+    private weak var session: Session?
+    private let eventLoop: EventLoop
+    private let client: CurlClient
+    private let url: URLParts
+    private let route: Route
+    private let settings: SessionSettings
+    private let timeouts: (connectMs: Int, requestMs: Int)
+    /// Headers every request of this connection carries.
+    private let commonHeaders: [String]
+    private let logger: Logger
+
+    private var message: ByteBuffer?
+    private var messageIsText = false
+    private var inFlight = CircularBuffer<Slot>()
+    private var ended = false
+    private let allocator = ByteBufferAllocator()
+
+    init(session: Session, client: CurlClient, url: URLParts, route: Route, commonHeaders: [String], config: GatewayConfig, logger: Logger) {
+        self.session = session
+        self.eventLoop = session.eventLoop
+        self.client = client
+        self.url = url
+        self.route = route
+        self.settings = SessionSettings(config: config)
+        self.timeouts = (config.timeouts.upstreamConnectMs, config.timeouts.httpRequestMs)
+        self.commonHeaders = commonHeaders
+        self.logger = logger
+    }
+
+    private func request(url: String, headers: [String], body: ByteBuffer?) -> CurlRequest {
+        CurlRequest(
+            url: url, method: route.http.method, headers: headers, body: body,
+            connectTimeoutMs: timeouts.connectMs, totalTimeoutMs: timeouts.requestMs,
+            maxResponseBytes: settings.maxMessageBytes)
+    }
+
+    // MARK: Connecting: the optional connect_url hook
+
+    func connect() -> EventLoopFuture<String?> {
+        guard let connectURL = route.http.connectURL else {
+            return eventLoop.makeSucceededFuture(nil)
+        }
+        var hook = request(url: connectURL, headers: commonHeaders, body: nil)
+        hook.method = "POST"
+        return client.execute(hook, on: eventLoop).flatMapThrowing { response -> String? in
+            switch response.status {
+            case 200..<300:
+                return nil
+            case 400...:
+                throw UpstreamFailure(.upstreamHTTPError, httpStatus: response.status, error: "connect_url answered HTTP \(response.status)")
+            default:
+                throw UpstreamFailure(.upstreamProtocolError, httpStatus: response.status, error: "connect_url answered HTTP \(response.status)")
+            }
+        }.flatMapErrorThrowing { error in
+            if let failure = error as? CurlFailure {
+                throw UpstreamFailure(failure.cause, error: "connect_url: \(failure.message)")
+            }
+            throw error
+        }
+    }
+
+    func startRelaying() {}
+
+    // MARK: Messages
+
+    func send(_ frame: WebSocketFrame) {
+        guard !ended else { return }
+        if frame.opcode == .text || frame.opcode == .binary {
+            messageIsText = frame.opcode == .text
+            message = allocator.buffer(capacity: frame.data.readableBytes)
+        }
+        message?.writeUnmasking(frame.data, key: frame.maskKey)
+        if frame.fin, let body = message {
+            message = nil
+            submit(body, isText: messageIsText)
+        }
+    }
+
+    private func submit(_ body: ByteBuffer, isText: Bool) {
+        var headers = commonHeaders
+        headers.append(isText ? "Content-Type: text/plain; charset=utf-8" : "Content-Type: application/octet-stream")
+        headers.append(isText ? "X-WSGate-Message-Type: text" : "X-WSGate-Message-Type: binary")
+        let slot = Slot()
+        inFlight.append(slot)
+        client.execute(request(url: url.description, headers: headers, body: body), on: eventLoop)
+            .assumeIsolatedUnsafeUnchecked()
+            .whenComplete { [self] result in
+                slot.result = result.mapError { $0 }
+                self.deliverCompleted()
+            }
+    }
+
+    /// Delivers finished responses from the head of the queue, in order.
+    private func deliverCompleted() {
+        let wasFull = inFlight.count >= Self.maxInFlight
+        var delivered = false
+        while let head = inFlight.first, let result = head.result {
+            inFlight.removeFirst()
+            guard !ended, let session else { continue }
+            switch result {
+            case .success(let response):
+                switch response.status {
+                case 200..<300:
+                    if response.status != 204 && response.body.readableBytes > 0 {
+                        session.upstreamReceived(frame(for: response))
+                        delivered = true
+                    }
+                case 400...:
+                    if route.http.onError == .reply {
+                        session.upstreamReceived(errorMessage(status: response.status))
+                        delivered = true
+                    } else {
+                        session.upstreamFailed(UpstreamFailure(
+                            .upstreamHTTPError, httpStatus: response.status,
+                            error: "\(route.http.method) \(url) answered HTTP \(response.status)"))
+                    }
+                default:
+                    session.upstreamFailed(UpstreamFailure(
+                        .upstreamProtocolError, httpStatus: response.status,
+                        error: "\(route.http.method) \(url) answered HTTP \(response.status), which is neither a success nor an error"))
+                }
+            case .failure(let error):
+                let failure = error as? CurlFailure
+                session.upstreamFailed(UpstreamFailure(
+                    failure?.cause ?? .internalError, error: failure.map { "\(route.http.method) \(url): \($0.message)" } ?? "\(error)"))
+            }
+        }
+        if delivered { session?.upstreamReadComplete() }
+        if wasFull && inFlight.count < Self.maxInFlight { session?.upstreamBecameWritable() }
+    }
+
+    /// Text when the response says it is text (`text/*`, `application/json`)
+    /// and the body is valid UTF-8, else binary.
+    private func frame(for response: CurlResponse) -> WebSocketFrame {
+        var isText = false
+        if let type = response.contentType, type.hasPrefix("text/") || type == "application/json" {
+            var validator = UTF8Validator()
+            isText = response.body.withUnsafeReadableBytes { validator.feed($0) } && validator.isComplete
+        }
+        return WebSocketFrame(fin: true, opcode: isText ? .text : .binary, data: response.body)
+    }
+
+    private func errorMessage(status: Int) -> WebSocketFrame {
+        let json = #"{"error":{"status":\#(status),"cause":"upstream_http_error"}}"#
+        return WebSocketFrame(fin: true, opcode: .text, data: allocator.buffer(string: json))
+    }
+
+    var isWritable: Bool { !ended && inFlight.count < Self.maxInFlight }
+
+    func flush() {}
+
+    func clientBecameWritable() {}
+
+    func close(code: UInt16?, reason: String) { end() }
+
+    func abort() { end() }
+
+    private func end() {
+        guard !ended else { return }
+        ended = true
+        session?.upstreamEnded()
+    }
+
+    // MARK: The disconnect_url hook
+
+    func connectionFinished(_ event: CloseEvent) {
+        guard let disconnectURL = route.http.disconnectURL else { return }
+        var hook = request(url: disconnectURL, headers: commonHeaders + ["Content-Type: application/json"], body: allocator.buffer(string: event.jsonLine()))
+        hook.method = "POST"
+        hook.maxResponseBytes = 65536
+        let logger = self.logger
+        client.execute(hook, on: eventLoop).whenComplete { result in
+            var problem: String?
+            switch result {
+            case .success(let response) where (200..<300).contains(response.status): break
+            case .success(let response): problem = "HTTP \(response.status)"
+            case .failure(let error): problem = (error as? CurlFailure)?.message ?? "\(error)"
+            }
+            if let problem {
+                logger.warning("disconnect_hook_failed", metadata: [
+                    "connection_id": .string(event.connectionID), "url": .string(disconnectURL), "error": .string(problem),
+                ])
+            }
+        }
+    }
+}
+
+extension ByteBuffer {
+    /// Appends `source`'s readable bytes, unmasking them with `key` in the
+    /// same pass (a plain copy when `key` is nil).
+    mutating func writeUnmasking(_ source: ByteBuffer, key: WebSocketMaskingKey?) {
+        guard let key else {
+            var source = source
+            self.writeBuffer(&source)
+            return
+        }
+        let length = source.readableBytes
+        let word = key.littleEndianWord
+        let key64 = UInt64(word) | UInt64(word) << 32
+        self.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { destination in
+            source.withUnsafeReadableBytes { src in
+                guard let s = src.baseAddress, let d = destination.baseAddress else { return 0 }
+                var i = 0
+                while i + 8 <= length {
+                    let v = UInt64(littleEndian: s.loadUnaligned(fromByteOffset: i, as: UInt64.self)) ^ key64
+                    d.storeBytes(of: v.littleEndian, toByteOffset: i, as: UInt64.self)
+                    i += 8
+                }
+                while i < length {
+                    let k = UInt8(truncatingIfNeeded: word >> UInt32((i & 3) * 8))
+                    d.storeBytes(of: s.load(fromByteOffset: i, as: UInt8.self) ^ k, toByteOffset: i, as: UInt8.self)
+                    i += 1
+                }
+                return length
+            }
+        }
+    }
+}
