@@ -103,6 +103,9 @@ private final class Collector: ChannelInboundHandler, @unchecked Sendable {
         case .text:
             observation.messages.append(frame.data.readString(length: frame.data.readableBytes) ?? "")
             maybeClose(context: context)
+        case .binary:
+            observation.messages.append("binary:" + frame.data.readableBytesView.map { String($0) }.joined(separator: ","))
+            maybeClose(context: context)
         case .connectionClose:
             observation.receivedCloseFrame = true
             var data = frame.data
