@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "wsgate", targets: ["wsgate"]),
+        .executable(name: "wsgate-bench", targets: ["wsgate-bench"]),
         .library(name: "WSGate", targets: ["WSGate"]),
     ],
     dependencies: [
@@ -45,6 +46,17 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        // Benchmark tool (load generator + fast echo upstream); not shipped in the image.
+        .executableTarget(
+            name: "wsgate-bench",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         .testTarget(
