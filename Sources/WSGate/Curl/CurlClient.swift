@@ -61,14 +61,17 @@ final class CurlClient: @unchecked Sendable {
     /// Queues a request; the future completes on `eventLoop`.
     func execute(_ request: CurlRequest, on eventLoop: EventLoop) -> EventLoopFuture<CurlResponse> {
         let promise = eventLoop.makePromise(of: CurlResponse.self)
-        let accepted = lock.withLock { () -> Bool in
-            guard !stopping else { return false }
+        let (accepted, wake) = lock.withLock { () -> (Bool, Bool) in
+            guard !stopping else { return (false, false) }
+            // Only the first request into an empty queue needs to wake the
+            // worker: it drains the whole queue each time round its loop.
+            let wasEmpty = queue.isEmpty
             queue.append(Pending(request: request, promise: promise))
-            return true
+            return (true, wasEmpty)
         }
-        if accepted {
+        if wake {
             curl_multi_wakeup(multi)
-        } else {
+        } else if !accepted {
             promise.fail(CurlFailure(cause: .internalError, message: "HTTP client stopped", curlCode: -1))
         }
         return promise.futureResult
@@ -122,17 +125,27 @@ final class CurlClient: @unchecked Sendable {
         curl_multi_add_handle(multi, handle)
     }
 
+    /// Completes finished transfers. Results are handed to each event loop
+    /// in one batch per round (one cross-thread wake-up per loop, not per
+    /// request).
     private func collectFinished() {
         var left: Int32 = 0
+        var batches: [ObjectIdentifier: (EventLoop, [() -> Void])] = [:]
         while let message = curl_multi_info_read(multi, &left) {
             guard message.pointee.msg == CURLMSG_DONE, let handle = message.pointee.easy_handle else { continue }
             let code = message.pointee.data.result
             curl_multi_remove_handle(multi, handle)
             if let transfer = running.removeValue(forKey: handle) {
-                transfer.finish(handle: handle, code: code)
+                let complete = transfer.finish(handle: handle, code: code)
+                let loop = transfer.promise.futureResult.eventLoop
+                batches[ObjectIdentifier(loop), default: (loop, [])].1.append(complete)
             }
             curl_easy_reset(handle)
             if idleHandles.count < 64 { idleHandles.append(handle) } else { curl_easy_cleanup(handle) }
+        }
+        for (_, (loop, completions)) in batches {
+            let box = UnsafeTransfer(completions)
+            loop.execute { for complete in box.value { complete() } }
         }
     }
 }
@@ -203,23 +216,24 @@ private final class Transfer {
         wsgate_curl_easy_setopt_ptr(h, CURLOPT_WRITEDATA, Unmanaged.passUnretained(self).toOpaque())
     }
 
-    func finish(handle: UnsafeMutableRawPointer, code: CURLcode) {
+    /// Reads the outcome off `handle` (worker thread) and returns the closure
+    /// that completes the promise (run on the promise's event loop).
+    func finish(handle: UnsafeMutableRawPointer, code: CURLcode) -> () -> Void {
+        let promise = self.promise
         if code == CURLE_OK {
             var status = 0
             wsgate_curl_easy_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
             var typePointer: UnsafePointer<CChar>? = nil
             wsgate_curl_easy_getinfo_string(handle, CURLINFO_CONTENT_TYPE, &typePointer)
             let contentType = typePointer.map { String(cString: $0) }.map(Self.mediaType)
-            promise.succeed(CurlResponse(status: status, contentType: contentType, body: responseBody))
-            return
+            let response = CurlResponse(status: status, contentType: contentType, body: responseBody)
+            return { promise.succeed(response) }
         }
         let detail = errorBuffer.pointee != 0 ? String(cString: errorBuffer) : String(cString: curl_easy_strerror(code))
-        if oversized {
-            promise.fail(CurlFailure(
-                cause: .upstreamProtocolError, message: "response body over \(request.maxResponseBytes) bytes", curlCode: Int32(code.rawValue)))
-            return
-        }
-        promise.fail(CurlFailure(cause: CurlErrorClassifier.cause(code), message: detail, curlCode: Int32(code.rawValue)))
+        let failure = oversized
+            ? CurlFailure(cause: .upstreamProtocolError, message: "response body over \(request.maxResponseBytes) bytes", curlCode: Int32(code.rawValue))
+            : CurlFailure(cause: CurlErrorClassifier.cause(code), message: detail, curlCode: Int32(code.rawValue))
+        return { promise.fail(failure) }
     }
 
     /// `text/plain; charset=utf-8` → `text/plain`
@@ -236,6 +250,13 @@ private extension Substring {
         while let l = s.last, set.contains(l) { s = s.dropLast() }
         return String(s)
     }
+}
+
+/// Moves non-Sendable closures to the event loop that runs them; they only
+/// capture Sendable values (promises and results).
+private struct UnsafeTransfer<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
 
 /// A static, never freed "" for bodiless requests.
