@@ -85,6 +85,9 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "wsgate")
         signal(SIGPIPE, SIG_IGN)
 
+        // Signals are caught from before the gateway listens: a SIGTERM that
+        // arrives right after the `listening` line must start the drain.
+        let signals = ShutdownSignal()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let server = GatewayServer(config: config, group: group, logger: logger, eventLog: EventLog(format: format))
         do {
@@ -97,53 +100,63 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(1)
         }
 
-        let signalName = await ShutdownSignal.wait()
+        let signalName = await signals.wait()
         logger.notice("draining", metadata: [
             "signal": .string(signalName), "connections": .stringConvertible(server.activeConnections),
             "drain_timeout_ms": .stringConvertible(config.shutdown.drainTimeoutMs),
         ])
         // A second signal during the drain exits at once.
-        ShutdownSignal.exitOnNextSignal()
+        signals.exitOnNextSignal()
         await server.drain(timeout: .milliseconds(Int64(config.shutdown.drainTimeoutMs)))
         logger.notice("stopped", metadata: ["connections": .stringConvertible(server.activeConnections)])
         try? await group.shutdownGracefully()
     }
 }
 
-/// SIGTERM / SIGINT handling through Dispatch signal sources.
-enum ShutdownSignal {
-    nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
+/// SIGTERM / SIGINT handling through Dispatch signal sources, installed at
+/// creation; `wait()` returns the first signal's name, even if it arrived
+/// before `wait()` was called.
+final class ShutdownSignal: @unchecked Sendable {
+    private let lock = NIOLockLite()
+    private var received: String?
+    private var waiter: CheckedContinuation<String, Never>?
+    private var sources: [DispatchSourceSignal] = []
 
-    static func wait() async -> String {
-        await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
-            let once = OnceFlag()
-            for (sig, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
-                signal(sig, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-                source.setEventHandler {
-                    if once.claim() { continuation.resume(returning: name) }
-                }
-                source.resume()
-                sources.append(source)
-            }
+    init() {
+        for (sig, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [self] in self.deliver(name) }
+            source.resume()
+            sources.append(source)
         }
     }
 
-    static func exitOnNextSignal() {
+    private func deliver(_ name: String) {
+        let waiter = lock.withLock { () -> CheckedContinuation<String, Never>? in
+            guard received == nil else { return nil }
+            received = name
+            defer { self.waiter = nil }
+            return self.waiter
+        }
+        waiter?.resume(returning: name)
+    }
+
+    func wait() async -> String {
+        await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
+            let already = lock.withLock { () -> String? in
+                if let received { return received }
+                waiter = continuation
+                return nil
+            }
+            if let already { continuation.resume(returning: already) }
+        }
+    }
+
+    /// During the drain, a second signal exits at once.
+    func exitOnNextSignal() {
         for source in sources {
             source.setEventHandler { exit(0) }
-        }
-    }
-}
-
-final class OnceFlag: @unchecked Sendable {
-    private var claimed = false
-    private let lock = NIOLockLite()
-    func claim() -> Bool {
-        lock.withLock {
-            if claimed { return false }
-            claimed = true
-            return true
         }
     }
 }

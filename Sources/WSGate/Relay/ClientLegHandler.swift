@@ -56,9 +56,9 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
             inputDone = true
             session.clientClose(code: code, reason: reason)
         case .failure(let violation):
-            // After our close frame we only wait for the client's reply.
+            // After our close frame we only wait for the client's reply, so
+            // reading goes on: its close frame completes the handshake.
             guard !closeFrameSent else { return }
-            inputDone = true
             session.clientViolation(violation, framingBroken: false)
         }
     }
@@ -88,11 +88,13 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .multiByteControlFrameLength:
                 session.clientViolation(.protocolError("control frame over 125 bytes"), framingBroken: true)
             }
-        } else {
+        } else if error is IOError {
             // I/O errors (ECONNRESET, …): NIO closes the channel next; the
             // session hears about it through the close future.
             session.noteClientError(error)
         }
+        // Anything else (e.g. NIO's decoder refusing bytes after a framing
+        // error: the client's close reply we can no longer parse) is expected.
     }
 
     // MARK: Outbound
