@@ -7,38 +7,46 @@ import NIOWebSocket
 private func systemGetRandom(_ buffer: UnsafeMutableRawPointer?, _ count: Int, _ flags: UInt32) -> Int
 #endif
 
+/// The one masking primitive: `destination[i] = source[i] ^ key[i % 4]`,
+/// eight bytes at a time (NIO's `webSocketMask` goes byte by byte).
+/// `source` and `destination` may be the same memory (masking in place).
+/// `key` holds the four key bytes in wire order, byte 0 in the low bits.
+@inline(__always)
+func xorWithMask(from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, count: Int, key: UInt32) {
+    let key64 = UInt64(key) | UInt64(key) << 32
+    var i = 0
+    while i + 8 <= count {
+        let word = UInt64(littleEndian: source.loadUnaligned(fromByteOffset: i, as: UInt64.self)) ^ key64
+        destination.storeBytes(of: word.littleEndian, toByteOffset: i, as: UInt64.self)
+        i += 8
+    }
+    while i < count {
+        let k = UInt8(truncatingIfNeeded: key >> UInt32((i & 3) * 8))
+        destination.storeBytes(of: source.load(fromByteOffset: i, as: UInt8.self) ^ k, toByteOffset: i, as: UInt8.self)
+        i += 1
+    }
+}
+
 extension ByteBuffer {
-    /// XORs the readable bytes with a WebSocket masking key in place, a word
-    /// at a time (NIO's `webSocketUnmask` goes byte by byte). Masking and
-    /// unmasking are the same operation.
-    ///
-    /// `keyOffset` is the position in the key of the first readable byte.
-    @inlinable
-    mutating func applyWebSocketMask(_ key: WebSocketMaskingKey, keyOffset: Int = 0) {
-        let k0 = key[keyOffset & 3], k1 = key[(keyOffset + 1) & 3]
-        let k2 = key[(keyOffset + 2) & 3], k3 = key[(keyOffset + 3) & 3]
-        let key32 = UInt32(k0) | UInt32(k1) << 8 | UInt32(k2) << 16 | UInt32(k3) << 24
-        let key64 = UInt64(key32) | UInt64(key32) << 32
+    /// XORs the readable bytes with a WebSocket masking key in place.
+    /// Masking and unmasking are the same operation.
+    mutating func applyWebSocketMask(_ key: WebSocketMaskingKey) {
+        let word = key.littleEndianWord
         self.withUnsafeMutableReadableBytes { bytes in
             guard let base = bytes.baseAddress else { return }
-            let count = bytes.count
-            var i = 0
-            while i + 8 <= count {
-                let word = base.loadUnaligned(fromByteOffset: i, as: UInt64.self)
-                base.storeBytes(of: word ^ UInt64(littleEndian: key64), toByteOffset: i, as: UInt64.self)
-                i += 8
-            }
-            let keyBytes = (k0, k1, k2, k3)
-            while i < count {
-                let k: UInt8
-                switch i & 3 {
-                case 0: k = keyBytes.0
-                case 1: k = keyBytes.1
-                case 2: k = keyBytes.2
-                default: k = keyBytes.3
-                }
-                base.storeBytes(of: base.load(fromByteOffset: i, as: UInt8.self) ^ k, toByteOffset: i, as: UInt8.self)
-                i += 1
+            xorWithMask(from: base, to: base, count: bytes.count, key: word)
+        }
+    }
+
+    /// Appends `source`'s readable bytes XORed with `key` in one pass (a plain
+    /// copy when `key` is 0).
+    mutating func writeMasked(_ source: ByteBuffer, key: UInt32) {
+        let length = source.readableBytes
+        self.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { destination in
+            source.withUnsafeReadableBytes { src in
+                guard let s = src.baseAddress, let d = destination.baseAddress else { return 0 }
+                xorWithMask(from: s, to: d, count: length, key: key)
+                return length
             }
         }
     }
@@ -80,25 +88,7 @@ enum MaskedFrameWriter {
             out.writeInteger(UInt64(length))
         }
         out.writeBytes(newKey)
-        let combined = newKey.littleEndianWord ^ (payloadKey?.littleEndianWord ?? 0)
-        let key64 = UInt64(combined) | UInt64(combined) << 32
-        out.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { destination in
-            payload.withUnsafeReadableBytes { source in
-                guard let src = source.baseAddress, let dst = destination.baseAddress else { return 0 }
-                var i = 0
-                while i + 8 <= length {
-                    let word = UInt64(littleEndian: src.loadUnaligned(fromByteOffset: i, as: UInt64.self)) ^ key64
-                    dst.storeBytes(of: word.littleEndian, toByteOffset: i, as: UInt64.self)
-                    i += 8
-                }
-                while i < length {
-                    let k = UInt8(truncatingIfNeeded: combined >> UInt32((i & 3) * 8))
-                    dst.storeBytes(of: src.load(fromByteOffset: i, as: UInt8.self) ^ k, toByteOffset: i, as: UInt8.self)
-                    i += 1
-                }
-                return length
-            }
-        }
+        out.writeMasked(payload, key: newKey.littleEndianWord ^ (payloadKey?.littleEndianWord ?? 0))
         return out
     }
 }

@@ -36,7 +36,6 @@ final class Session: @unchecked Sendable {
     let eventLoop: EventLoop
     let gateway: GatewayContext
     private let startedAt = NIODeadline.now()
-    private let startedWallClock = Timestamp.nowMilliseconds()
 
     private(set) var phase = Phase.connectingUpstream
     private var client: ClientLegHandler?
@@ -396,7 +395,6 @@ final class Session: @unchecked Sendable {
         // Break the session ↔ leg reference cycles.
         client = nil
         upstream = nil
-        _ = startedWallClock
     }
 
     // MARK: - Idle timeout

@@ -87,7 +87,7 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
             messageIsText = frame.opcode == .text
             message = allocator.buffer(capacity: frame.data.readableBytes)
         }
-        message?.writeUnmasking(frame.data, key: frame.maskKey)
+        message?.writeMasked(frame.data, key: frame.maskKey?.littleEndianWord ?? 0)  // unmasks
         if frame.fin, let body = message {
             message = nil
             submit(body, isText: messageIsText)
@@ -198,38 +198,6 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
                 logger.warning("disconnect_hook_failed", metadata: [
                     "connection_id": .string(event.connectionID), "url": .string(disconnectURL), "error": .string(problem),
                 ])
-            }
-        }
-    }
-}
-
-extension ByteBuffer {
-    /// Appends `source`'s readable bytes, unmasking them with `key` in the
-    /// same pass (a plain copy when `key` is nil).
-    mutating func writeUnmasking(_ source: ByteBuffer, key: WebSocketMaskingKey?) {
-        guard let key else {
-            var source = source
-            self.writeBuffer(&source)
-            return
-        }
-        let length = source.readableBytes
-        let word = key.littleEndianWord
-        let key64 = UInt64(word) | UInt64(word) << 32
-        self.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { destination in
-            source.withUnsafeReadableBytes { src in
-                guard let s = src.baseAddress, let d = destination.baseAddress else { return 0 }
-                var i = 0
-                while i + 8 <= length {
-                    let v = UInt64(littleEndian: s.loadUnaligned(fromByteOffset: i, as: UInt64.self)) ^ key64
-                    d.storeBytes(of: v.littleEndian, toByteOffset: i, as: UInt64.self)
-                    i += 8
-                }
-                while i < length {
-                    let k = UInt8(truncatingIfNeeded: word >> UInt32((i & 3) * 8))
-                    d.storeBytes(of: s.load(fromByteOffset: i, as: UInt8.self) ^ k, toByteOffset: i, as: UInt8.self)
-                    i += 1
-                }
-                return length
             }
         }
     }
