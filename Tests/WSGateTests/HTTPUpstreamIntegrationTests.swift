@@ -91,11 +91,12 @@ struct HTTPUpstreamIntegrationTests {
               - {path: /nxdomain, upstream: "http://no-such-host.invalid/x"}
             """
         try await withGateway(routes) { gateway, _ in
-            for (path, cause) in [("/slow", "upstream_timeout"), ("/garbage", "upstream_protocol_error"), ("/big", "upstream_protocol_error"),
-                                  ("/closed", "upstream_unreachable"), ("/nxdomain", "upstream_unreachable")] {
+            let cases = [("/slow", "upstream_timeout"), ("/garbage", "upstream_protocol_error"), ("/big", "upstream_protocol_error"),
+                         ("/closed", "upstream_unreachable"), ("/nxdomain", "upstream_unreachable")]
+            for (index, (path, cause)) in cases.enumerated() {
                 let seen = try await TestClient.run(group: group, port: gateway.port, path: path, send: ["x"])
                 #expect(seen.code == 1014, "\(path)")
-                let lines = try await gateway.waitForEvents("websocket_close", count: 1)
+                let lines = try await gateway.waitForEvents("websocket_close", count: index + 1)
                 let line = try #require(lines.last { $0["route"] as? String == path }, "\(path)")
                 #expect(line["cause"] as? String == cause, "\(path)")
                 #expect(line["error"] is String, "\(path)")

@@ -18,3 +18,23 @@ CURLcode wsgate_curl_easy_getinfo_ptr(CURL *handle, CURLINFO info, void **value)
 CURLMcode wsgate_curl_multi_setopt_long(CURLM *multi, CURLMoption option, long value);
 
 #endif
+
+/* An epoll-driven event loop for a curl multi handle (the multi_socket API):
+ * libcurl tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION) and when
+ * its next timeout is (CURLMOPT_TIMERFUNCTION); each readiness event becomes
+ * one curl_multi_socket_action call, so the cost per event does not grow
+ * with the number of transfers in flight (curl_multi_perform/poll walk all
+ * of them). Everything but wsgate_curl_loop_wakeup must be called from the
+ * one thread that owns the multi handle. */
+typedef struct wsgate_curl_loop wsgate_curl_loop;
+
+wsgate_curl_loop *wsgate_curl_loop_create(CURLM *multi);
+void wsgate_curl_loop_destroy(wsgate_curl_loop *loop);
+/* Waits up to max_wait_ms (less if libcurl's timer is due), drives libcurl
+ * for every ready socket / expired timer. Returns 1 if woken by
+ * wsgate_curl_loop_wakeup, 0 otherwise, -1 on error. */
+int wsgate_curl_loop_run_once(wsgate_curl_loop *loop, int max_wait_ms);
+/* Kicks libcurl after handles were added (runs the due timer at once). */
+void wsgate_curl_loop_kick(wsgate_curl_loop *loop);
+/* Thread-safe: interrupts a wait. */
+void wsgate_curl_loop_wakeup(wsgate_curl_loop *loop);

@@ -7,13 +7,16 @@ import NIOPosix
 /// All HTTP upstream traffic goes through one libcurl multi handle, driven by
 /// one worker thread.
 ///
-/// Why a thread with `curl_multi_poll` rather than socket callbacks on the
-/// event loops: libcurl handles may only be touched from one thread, and
-/// `curl_multi_wakeup` is the only thread-safe multi call. A dedicated
-/// thread that owns every handle, fed by a locked queue and woken with
-/// `curl_multi_wakeup`, keeps libcurl entirely off the event loops (no
-/// blocking, no locks there beyond the enqueue) and is simple to reason
-/// about. Completions go back to the requesting Session's event loop through
+/// Why a dedicated thread rather than libcurl on the event loops: libcurl
+/// handles may only be touched from one thread, and a thread that owns every
+/// handle, fed by a locked queue and woken through an eventfd, keeps libcurl
+/// entirely off the event loops (no blocking, no locks there beyond the
+/// enqueue) and is simple to reason about. The thread drives libcurl with
+/// the multi_socket API over its own epoll (`wsgate_curl_loop_*` in the C
+/// shim): one `curl_multi_socket_action` per ready socket, instead of
+/// `curl_multi_perform` + `curl_multi_poll`, which walk every transfer and
+/// every socket on each wake-up and made the worker the bottleneck at a few
+/// dozen concurrent requests. Completions go back to the requesting Session's event loop through
 /// its promise. One multi handle also means one connection cache: keep-alive
 /// connections are reused across all client connections.
 ///
@@ -27,6 +30,7 @@ final class CurlClient: @unchecked Sendable {
     }
 
     private let multi: UnsafeMutableRawPointer
+    private let loop: OpaquePointer
     private let lock = NIOLock()
     private var queue: [Pending] = []  // guarded by lock
     private var stopping = false  // guarded by lock
@@ -37,6 +41,8 @@ final class CurlClient: @unchecked Sendable {
     // Worker-thread state.
     private var running: [UnsafeMutableRawPointer: Transfer] = [:]
     private var idleHandles: [UnsafeMutableRawPointer] = []
+    /// Each easy handle's error buffer, allocated with the handle.
+    private var errorBuffers: [UnsafeMutableRawPointer: UnsafeMutablePointer<CChar>] = [:]
 
     private static let globalInit: Void = {
         curl_global_init(Int(CURL_GLOBAL_DEFAULT))
@@ -46,6 +52,7 @@ final class CurlClient: @unchecked Sendable {
         _ = Self.globalInit
         self.maxInFlight = maxInFlight
         self.multi = curl_multi_init()!
+        self.loop = wsgate_curl_loop_create(multi)!
         self.stopped = eventLoop.makePromise()
         // Keep as many idle keep-alive connections as we may have transfers.
         wsgate_curl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, maxInFlight)
@@ -70,7 +77,7 @@ final class CurlClient: @unchecked Sendable {
             return (true, wasEmpty)
         }
         if wake {
-            curl_multi_wakeup(multi)
+            wsgate_curl_loop_wakeup(loop)
         } else if !accepted {
             promise.fail(CurlFailure(cause: .internalError, message: "HTTP client stopped", curlCode: -1))
         }
@@ -81,7 +88,7 @@ final class CurlClient: @unchecked Sendable {
     /// queued ones, then stops the worker.
     func shutdown() async {
         lock.withLock { stopping = true }
-        curl_multi_wakeup(multi)
+        wsgate_curl_loop_wakeup(loop)
         try? await stopped.futureResult.get()
         try? await pool.shutdownGracefully()
     }
@@ -89,7 +96,6 @@ final class CurlClient: @unchecked Sendable {
     // MARK: Worker thread
 
     private func run() {
-        var stillRunning: Int32 = 0
         while true {
             let (batch, stop) = lock.withLock { () -> ([Pending], Bool) in
                 let room = maxInFlight - running.count
@@ -106,20 +112,54 @@ final class CurlClient: @unchecked Sendable {
                 return (batch, stopping)
             }
             for pending in batch { start(pending) }
-            if stop && running.isEmpty { break }
-            curl_multi_perform(multi, &stillRunning)
+            if !batch.isEmpty { wsgate_curl_loop_kick(loop) }
             collectFinished()
-            curl_multi_poll(multi, nil, 0, 1000, nil)
+            if stop && running.isEmpty { break }
+            wsgate_curl_loop_run_once(loop, 1000)
+            collectFinished()
         }
         for handle in idleHandles { curl_easy_cleanup(handle) }
         idleHandles = []
+        for buffer in errorBuffers.values { buffer.deallocate() }
+        errorBuffers = [:]
+        wsgate_curl_loop_destroy(loop)
         curl_multi_cleanup(multi)
         stopped.succeed(())
     }
 
+    /// A handle from the pool, or a new one with the options every transfer
+    /// shares set once (handles are reused without `curl_easy_reset`).
+    private func makeHandle() -> UnsafeMutableRawPointer {
+        if let handle = idleHandles.popLast() { return handle }
+        let h = curl_easy_init()!
+        wsgate_curl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
+        "http,https".withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_PROTOCOLS_STR, $0) }
+        // Upstreams are internal services: never route them through an
+        // HTTP(S)_PROXY from the environment.
+        "*".withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_NOPROXY, $0) }
+        wsgate_curl_easy_setopt_long(h, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_2TLS))
+        wsgate_curl_easy_setopt_long(h, CURLOPT_TCP_KEEPALIVE, 1)
+        wsgate_curl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
+        wsgate_curl_easy_setopt_write_function(h, transferWriteCallback)
+        let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
+        errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
+        wsgate_curl_easy_setopt_ptr(h, CURLOPT_ERRORBUFFER, errorBuffer)
+        errorBuffers[h] = errorBuffer
+        return h
+    }
+
+    private func releaseHandle(_ handle: UnsafeMutableRawPointer) {
+        if idleHandles.count < 256 {
+            idleHandles.append(handle)
+        } else {
+            curl_easy_cleanup(handle)
+            errorBuffers.removeValue(forKey: handle)?.deallocate()
+        }
+    }
+
     private func start(_ pending: Pending) {
-        let handle = idleHandles.popLast() ?? curl_easy_init()!
-        let transfer = Transfer(request: pending.request, promise: pending.promise)
+        let handle = makeHandle()
+        let transfer = Transfer(request: pending.request, promise: pending.promise, errorBuffer: errorBuffers[handle]!)
         transfer.configure(handle)
         running[handle] = transfer
         curl_multi_add_handle(multi, handle)
@@ -140,8 +180,7 @@ final class CurlClient: @unchecked Sendable {
                 let loop = transfer.promise.futureResult.eventLoop
                 batches[ObjectIdentifier(loop), default: (loop, [])].1.append(complete)
             }
-            curl_easy_reset(handle)
-            if idleHandles.count < 64 { idleHandles.append(handle) } else { curl_easy_cleanup(handle) }
+            releaseHandle(handle)
         }
         for (_, (loop, completions)) in batches {
             let box = UnsafeTransfer(completions)
@@ -157,44 +196,34 @@ private final class Transfer {
     let promise: EventLoopPromise<CurlResponse>
     var responseBody: ByteBuffer
     var oversized = false
-    private var headerList: UnsafeMutablePointer<curl_slist>?
     private var bodyCopy: UnsafeMutableRawBufferPointer?
-    private let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
-    private var urlCString: [CChar]
-    private var methodCString: [CChar]
+    private let errorBuffer: UnsafeMutablePointer<CChar>
 
-    init(request: CurlRequest, promise: EventLoopPromise<CurlResponse>) {
+    init(request: CurlRequest, promise: EventLoopPromise<CurlResponse>, errorBuffer: UnsafeMutablePointer<CChar>) {
         self.request = request
         self.promise = promise
         self.responseBody = ByteBufferAllocator().buffer(capacity: 0)
-        self.urlCString = Array(request.url.utf8CString)
-        self.methodCString = Array(request.method.utf8CString)
-        errorBuffer.initialize(to: 0)
+        self.errorBuffer = errorBuffer
+        errorBuffer.pointee = 0
     }
 
     deinit {
-        curl_slist_free_all(headerList)
         bodyCopy?.deallocate()
-        errorBuffer.deallocate()
     }
 
-    func configure(_ handle: UnsafeMutableRawPointer) {
-        let h = handle
-        wsgate_curl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
-        urlCString.withUnsafeBufferPointer { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_URL, $0.baseAddress) }
-        // CURLOPT_URL copies the string; so do CUSTOMREQUEST and the slist entries.
-        "http,https".withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_PROTOCOLS_STR, $0) }
-        // Upstreams are internal services: never route them through an
-        // HTTP(S)_PROXY from the environment.
-        "*".withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_NOPROXY, $0) }
-        wsgate_curl_easy_setopt_long(h, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_2TLS))
+    /// Sets every per-transfer option (the handle may carry a previous
+    /// transfer's values: each one is overwritten here).
+    func configure(_ h: UnsafeMutableRawPointer) {
+        request.url.withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_URL, $0) }  // copied by libcurl
+        if request.method == "POST" {
+            wsgate_curl_easy_setopt_ptr(h, CURLOPT_CUSTOMREQUEST, nil)  // POSTFIELDS implies POST
+        } else {
+            request.method.withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_CUSTOMREQUEST, $0) }
+        }
         wsgate_curl_easy_setopt_long(h, CURLOPT_CONNECTTIMEOUT_MS, request.connectTimeoutMs)
         wsgate_curl_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, request.totalTimeoutMs)
-        wsgate_curl_easy_setopt_long(h, CURLOPT_TCP_KEEPALIVE, 1)
-        wsgate_curl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
-        wsgate_curl_easy_setopt_ptr(h, CURLOPT_ERRORBUFFER, errorBuffer)
-        methodCString.withUnsafeBufferPointer { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_CUSTOMREQUEST, $0.baseAddress) }
-        // Body: copied once into memory that lives until the transfer ends.
+        // Body: copied once into memory that lives until the transfer ends
+        // (libcurl does not copy POSTFIELDS).
         let length = request.body?.readableBytes ?? 0
         if let body = request.body, length > 0 {
             let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 1)
@@ -202,22 +231,13 @@ private final class Transfer {
             bodyCopy = copy
             wsgate_curl_easy_setopt_ptr(h, CURLOPT_POSTFIELDS, copy.baseAddress)
         } else {
-            // POSTFIELDS is not copied by libcurl: point at static memory.
             wsgate_curl_easy_setopt_ptr(h, CURLOPT_POSTFIELDS, emptyCString)
         }
         wsgate_curl_easy_setopt_off_t(h, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(length))
-        var list: UnsafeMutablePointer<curl_slist>? = nil
-        for line in request.headers { list = curl_slist_append(list, line) }
-        // No "Expect: 100-continue" round trip for large bodies.
-        list = curl_slist_append(list, "Expect:")
-        headerList = list
-        wsgate_curl_easy_setopt_ptr(h, CURLOPT_HTTPHEADER, list)
-        wsgate_curl_easy_setopt_write_function(h, transferWriteCallback)
+        wsgate_curl_easy_setopt_ptr(h, CURLOPT_HTTPHEADER, request.headers.list)
         wsgate_curl_easy_setopt_ptr(h, CURLOPT_WRITEDATA, Unmanaged.passUnretained(self).toOpaque())
     }
 
-    /// Reads the outcome off `handle` (worker thread) and returns the closure
-    /// that completes the promise (run on the promise's event loop).
     func finish(handle: UnsafeMutableRawPointer, code: CURLcode) -> () -> Void {
         let promise = self.promise
         if code == CURLE_OK {

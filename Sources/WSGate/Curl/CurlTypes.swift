@@ -1,12 +1,29 @@
+import CCurl
 import NIOCore
+
+/// An immutable libcurl header list (`curl_slist`), built once and shared by
+/// every request that sends the same headers (e.g. all text messages of one
+/// connection): no per-request list building. Freed with its last user.
+final class CurlHeaderList: @unchecked Sendable {
+    let list: UnsafeMutablePointer<curl_slist>?
+
+    init(_ lines: [String]) {
+        var list: UnsafeMutablePointer<curl_slist>? = nil
+        for line in lines { list = curl_slist_append(list, line) }
+        // No "Expect: 100-continue" round trip for large bodies.
+        list = curl_slist_append(list, "Expect:")
+        self.list = list
+    }
+
+    deinit { curl_slist_free_all(list) }
+}
 
 /// One HTTP request for libcurl. Built on an event loop, executed on the
 /// curl worker thread.
 struct CurlRequest: Sendable {
     var url: String
     var method: String
-    /// Full header lines (`Name: value`).
-    var headers: [String]
+    var headers: CurlHeaderList
     /// Request body; `nil` sends none (`Content-Length: 0` for POST).
     var body: ByteBuffer?
     var connectTimeoutMs: Int

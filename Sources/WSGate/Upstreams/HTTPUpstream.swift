@@ -25,6 +25,9 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
     private let timeouts: (connectMs: Int, requestMs: Int)
     /// Headers every request of this connection carries.
     private let commonHeaders: [String]
+    private let urlString: String
+    private lazy var textHeaders = CurlHeaderList(commonHeaders + ["Content-Type: text/plain; charset=utf-8", "X-WSGate-Message-Type: text"])
+    private lazy var binaryHeaders = CurlHeaderList(commonHeaders + ["Content-Type: application/octet-stream", "X-WSGate-Message-Type: binary"])
     private let logger: Logger
 
     private var message: ByteBuffer?
@@ -42,10 +45,11 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
         self.settings = SessionSettings(config: config)
         self.timeouts = (config.timeouts.upstreamConnectMs, config.timeouts.httpRequestMs)
         self.commonHeaders = commonHeaders
+        self.urlString = url.description
         self.logger = logger
     }
 
-    private func request(url: String, headers: [String], body: ByteBuffer?) -> CurlRequest {
+    private func request(url: String, headers: CurlHeaderList, body: ByteBuffer?) -> CurlRequest {
         CurlRequest(
             url: url, method: route.http.method, headers: headers, body: body,
             connectTimeoutMs: timeouts.connectMs, totalTimeoutMs: timeouts.requestMs,
@@ -58,7 +62,7 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
         guard let connectURL = route.http.connectURL else {
             return eventLoop.makeSucceededFuture(nil)
         }
-        var hook = request(url: connectURL, headers: commonHeaders, body: nil)
+        var hook = request(url: connectURL, headers: CurlHeaderList(commonHeaders), body: nil)
         hook.method = "POST"
         return client.execute(hook, on: eventLoop).flatMapThrowing { response -> String? in
             switch response.status {
@@ -95,12 +99,9 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
     }
 
     private func submit(_ body: ByteBuffer, isText: Bool) {
-        var headers = commonHeaders
-        headers.append(isText ? "Content-Type: text/plain; charset=utf-8" : "Content-Type: application/octet-stream")
-        headers.append(isText ? "X-WSGate-Message-Type: text" : "X-WSGate-Message-Type: binary")
         let slot = Slot()
         inFlight.append(slot)
-        client.execute(request(url: url.description, headers: headers, body: body), on: eventLoop)
+        client.execute(request(url: urlString, headers: isText ? textHeaders : binaryHeaders, body: body), on: eventLoop)
             .assumeIsolatedUnsafeUnchecked()
             .whenComplete { [self] result in
                 slot.result = result.mapError { $0 }
@@ -183,7 +184,7 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
 
     func connectionFinished(_ event: CloseEvent) {
         guard let disconnectURL = route.http.disconnectURL else { return }
-        var hook = request(url: disconnectURL, headers: commonHeaders + ["Content-Type: application/json"], body: allocator.buffer(string: event.jsonLine()))
+        var hook = request(url: disconnectURL, headers: CurlHeaderList(commonHeaders + ["Content-Type: application/json"]), body: allocator.buffer(string: event.jsonLine()))
         hook.method = "POST"
         hook.maxResponseBytes = 65536
         let logger = self.logger
