@@ -100,6 +100,7 @@ http {{
 def start_gateway(tmp: Path, routes: str) -> tuple[Proc, int]:
     cfg = tmp / "wsgate.yaml"
     cfg.write_text(f"""listen: {{host: 127.0.0.1, port: 0}}
+admin: {{host: 127.0.0.1, port: 0}}
 routes:
 {routes}
 """)

@@ -84,6 +84,7 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "wsgate")
         signal(SIGPIPE, SIG_IGN)
+        raiseFileDescriptorLimit(logger: logger)
 
         // Signals are caught from before the gateway listens: a SIGTERM that
         // arrives right after the `listening` line must start the drain.
@@ -159,6 +160,24 @@ final class ShutdownSignal: @unchecked Sendable {
             source.setEventHandler { exit(0) }
         }
     }
+}
+
+/// Every proxied connection holds two sockets: raise the soft
+/// `RLIMIT_NOFILE` to the hard limit and log both, so the limit in effect is
+/// visible in the logs.
+func raiseFileDescriptorLimit(logger: Logger) {
+    var limits = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits) == 0 else { return }
+    let before = limits.rlim_cur
+    if limits.rlim_cur < limits.rlim_max {
+        var raised = limits
+        raised.rlim_cur = limits.rlim_max
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limits = raised }
+    }
+    logger.info("file_limit", metadata: [
+        "soft_before": .stringConvertible(UInt64(before)), "soft": .stringConvertible(UInt64(limits.rlim_cur)),
+        "hard": .stringConvertible(UInt64(limits.rlim_max)),
+    ])
 }
 
 func printError(_ line: String) {

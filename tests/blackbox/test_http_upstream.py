@@ -132,6 +132,7 @@ def hgw(backend, tmp_path_factory):
     b = f"http://127.0.0.1:{backend.port}"
     cfg = {
         "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
         "limits": {"max_message_bytes": MAX},
         "timeouts": {"upstream_connect_ms": 1000, "http_request_ms": 800, "close_handshake_ms": 500},
         "routes": [
@@ -348,6 +349,7 @@ def test_order_200_connections_x_50_messages(backend, tmp_path):
     its own: 10,000 requests to a Python backend need a generous timeout.)"""
     cfg = {
         "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
         "timeouts": {"http_request_ms": 60000},
         "routes": [{"path": "/h/random", "upstream": f"http://127.0.0.1:{backend.port}/random"}],
     }

@@ -31,6 +31,13 @@ final class GatewayContext: Sendable {
     let registry = SessionRegistry()
     /// The libcurl client, only when a route has an HTTP upstream.
     let curl: CurlClient?
+    let metrics: GatewayMetrics
+    private let draining = NIOLockedValueBox(false)
+
+    /// True once a drain started: `/readyz` answers 503.
+    var isDraining: Bool { draining.withLockedValue { $0 } }
+
+    func startDraining() { draining.withLockedValue { $0 = true } }
 
     init(config: GatewayConfig, eventLog: EventLog, logger: Logger, group: EventLoopGroup) {
         self.config = config
@@ -39,6 +46,7 @@ final class GatewayContext: Sendable {
         self.settings = SessionSettings(config: config)
         self.eventLog = eventLog
         self.logger = logger
+        self.metrics = GatewayMetrics(routes: config.routes)
         let needsHTTP = config.routes.contains { if case .http = $0.upstream { return true } else { return false } }
         self.curl = needsHTTP ? CurlClient(eventLoop: group.next()) : nil
     }

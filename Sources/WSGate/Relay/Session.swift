@@ -70,6 +70,11 @@ final class Session: @unchecked Sendable {
     private var bytesIn: UInt64 = 0
     private var bytesOut: UInt64 = 0
 
+    /// What the metrics have been told so far (deltas are added per read
+    /// batch, not per frame).
+    private var reported = (messagesIn: UInt64(0), messagesOut: UInt64(0), bytesIn: UInt64(0), bytesOut: UInt64(0))
+    private let connectStarted = NIODeadline.now()
+
     // Idle timeout bookkeeping: the clock is read per read batch, not per frame.
     private var lastActivity = NIODeadline.now()
     private var idleTimer: Scheduled<Void>?
@@ -92,7 +97,12 @@ final class Session: @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         self.upstream = upstream
         gateway.registry.add(self)
-        return upstream.connect().flatMapError { error in
+        return upstream.connect().map { chosen in
+            if self.route.upstream != .echo {  // the built-in echo has nothing to connect to
+                self.gateway.metrics.upstreamConnect.recordNanoseconds((NIODeadline.now() - self.connectStarted).nanoseconds)
+            }
+            return chosen
+        }.flatMapError { error in
             let failure = error as? UpstreamFailure
                 ?? UpstreamFailure(.internalError, error: "\(error)")
             self.finish(failure.cause, failure.details, error: failure.error)
@@ -113,6 +123,7 @@ final class Session: @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         client = handler
         upgraded = true
+        gateway.metrics.connectionOpened(route: route.path)
         if clientDone {
             // The client vanished between the 101 and now.
             return
@@ -163,6 +174,24 @@ final class Session: @unchecked Sendable {
         if phase == .relaying {
             upstream?.flush()
             lastActivity = .now()
+            reportTraffic()
+        }
+    }
+
+    /// Adds this connection's new traffic to the gateway-wide counters.
+    private func reportTraffic() {
+        let metrics = gateway.metrics
+        if messagesIn != reported.messagesIn {
+            metrics.messagesIn.increment(by: Int64(messagesIn - reported.messagesIn))
+            metrics.bytesIn.increment(by: Int64(bytesIn - reported.bytesIn))
+            reported.messagesIn = messagesIn
+            reported.bytesIn = bytesIn
+        }
+        if messagesOut != reported.messagesOut {
+            metrics.messagesOut.increment(by: Int64(messagesOut - reported.messagesOut))
+            metrics.bytesOut.increment(by: Int64(bytesOut - reported.bytesOut))
+            reported.messagesOut = messagesOut
+            reported.bytesOut = bytesOut
         }
     }
 
@@ -245,6 +274,7 @@ final class Session: @unchecked Sendable {
         if phase == .relaying {
             client?.flush()
             lastActivity = .now()
+            reportTraffic()
         }
     }
 
@@ -391,6 +421,8 @@ final class Session: @unchecked Sendable {
             upstreamStatus: details.httpStatus, error: errorText, durationMs: duration,
             messagesIn: messagesIn, messagesOut: messagesOut, bytesIn: bytesIn, bytesOut: bytesOut)
         gateway.eventLog.closed(event)
+        reportTraffic()
+        gateway.metrics.connectionClosed(event)
         upstream?.connectionFinished(event)
         // Break the session ↔ leg reference cycles.
         client = nil

@@ -67,10 +67,12 @@ final class ClientConnection: @unchecked Sendable {
                 session.startRefused(.internalError)
                 return eventLoop.makeSucceededFuture(HTTPHeaders())
             }
-            upstream = HTTPUpstream(
+            let http = HTTPUpstream(
                 session: session, client: curl, url: match.upstreamURL!, route: match.route,
                 commonHeaders: httpHeaderLines(for: head, route: match.route, connectionID: session.id),
                 config: gateway.config, logger: gateway.logger)
+            http.requestTimer = gateway.metrics.httpRequest
+            upstream = http
         }
         return session.start(upstream: upstream).map { chosen in
             var headers = HTTPHeaders()

@@ -11,11 +11,17 @@ public final class GatewayServer: Sendable {
     let gateway: GatewayContext
     let group: EventLoopGroup
     private let serverChannel: NIOLockedBox<Channel?> = NIOLockedBox(nil)
+    private let admin: AdminServer
+    private let adminPortBox: NIOLockedBox<Int?> = NIOLockedBox(nil)
 
     public init(config: GatewayConfig, group: EventLoopGroup, logger: Logger, eventLog: EventLog) {
         self.gateway = GatewayContext(config: config, eventLog: eventLog, logger: logger, group: group)
         self.group = group
+        self.admin = AdminServer(gateway: gateway)
     }
+
+    /// The admin listener's bound port, once started.
+    public var adminPort: Int? { adminPortBox.withLock { $0 } }
 
     /// The number of upgraded connections still open.
     public var activeConnections: Int { gateway.registry.count }
@@ -52,6 +58,13 @@ public final class GatewayServer: Sendable {
             "host": .string(gateway.config.listen.host), "port": .stringConvertible(port),
             "routes": .stringConvertible(gateway.config.routes.count),
         ])
+        do {
+            let adminPort = try await admin.start(group: group)
+            adminPortBox.withLock { $0 = adminPort }
+        } catch {
+            try? await channel.close()
+            throw error
+        }
         return port
     }
 
@@ -65,6 +78,7 @@ public final class GatewayServer: Sendable {
     /// `timeout`, whatever is left is dropped. Returns when all sessions have
     /// logged their close line (or a short grace after forcing).
     public func drain(timeout: TimeAmount) async {
+        gateway.startDraining()  // /readyz answers 503 from now on
         await stopAccepting()
         for session in gateway.registry.all {
             session.eventLoop.execute { session.shutdown() }
@@ -85,6 +99,7 @@ public final class GatewayServer: Sendable {
         // disconnect_url hooks and any last requests finish (each bounded by
         // http_request_ms), then the curl worker stops.
         await gateway.curl?.shutdown()
+        await admin.stop()
     }
 }
 

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import NIOCore
 import NIOWebSocket
@@ -29,6 +30,8 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
     private lazy var textHeaders = CurlHeaderList(commonHeaders + ["Content-Type: text/plain; charset=utf-8", "X-WSGate-Message-Type: text"])
     private lazy var binaryHeaders = CurlHeaderList(commonHeaders + ["Content-Type: application/octet-stream", "X-WSGate-Message-Type: binary"])
     private let logger: Logger
+    /// `wsgate_http_upstream_request_seconds`.
+    var requestTimer: CoreMetrics.Timer?
 
     private var message: ByteBuffer?
     private var messageIsText = false
@@ -101,9 +104,11 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
     private func submit(_ body: ByteBuffer, isText: Bool) {
         let slot = Slot()
         inFlight.append(slot)
+        let started = NIODeadline.now()
         client.execute(request(url: urlString, headers: isText ? textHeaders : binaryHeaders, body: body), on: eventLoop)
             .assumeIsolatedUnsafeUnchecked()
             .whenComplete { [self] result in
+                self.requestTimer?.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
                 slot.result = result.mapError { $0 }
                 self.deliverCompleted()
             }

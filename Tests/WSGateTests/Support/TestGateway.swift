@@ -19,7 +19,8 @@ final class TestGateway: Sendable {
     }
 
     static func start(group: EventLoopGroup, yaml: String) async throws -> TestGateway {
-        let config = try ConfigLoader.load(yaml: yaml)
+        var config = try ConfigLoader.load(yaml: yaml)
+        config.admin.port = 0  // never collide with another gateway's admin port
         let lines = NIOLockedValueBox<[String]>([])
         let sink = LogSink(capture: { line in lines.withLockedValue { $0.append(line) } })
         var logger = Logger(label: "test", factory: { GatewayLogHandler(label: $0, level: .info, format: .json, sink: sink) })

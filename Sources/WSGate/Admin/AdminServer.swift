@@ -1,0 +1,107 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// The admin listener (`admin.host:admin.port`, loopback by default):
+/// `GET /healthz` (200 while the process runs), `GET /readyz` (200 while
+/// accepting, 503 while draining), `GET /metrics` (Prometheus text format).
+/// Control plane only: plain NIO HTTP/1.1, one small response per request.
+final class AdminServer: Sendable {
+    private let gateway: GatewayContext
+    private let channel: NIOLockedBox<Channel?> = NIOLockedBox(nil)
+
+    init(gateway: GatewayContext) {
+        self.gateway = gateway
+    }
+
+    func start(group: EventLoopGroup) async throws -> Int {
+        let gateway = self.gateway
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(gateway: gateway))
+                }
+            }
+            .bind(host: gateway.config.admin.host, port: gateway.config.admin.port).get()
+        self.channel.withLock { $0 = channel }
+        let port = channel.localAddress?.port ?? gateway.config.admin.port
+        gateway.logger.info("admin_listening", metadata: [
+            "host": .string(gateway.config.admin.host), "port": .stringConvertible(port),
+        ])
+        return port
+    }
+
+    func stop() async {
+        let channel = self.channel.withLock { $0 }
+        try? await channel?.close()
+    }
+}
+
+private final class AdminHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let gateway: GatewayContext
+    private var request: HTTPRequestHead?
+
+    init(gateway: GatewayContext) {
+        self.gateway = gateway
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            request = head
+        case .body:
+            break
+        case .end:
+            guard let head = request else { return }
+            request = nil
+            respond(context: context, head: head)
+        }
+    }
+
+    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead) {
+        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        let status: HTTPResponseStatus
+        var contentType = "text/plain; charset=utf-8"
+        let body: String
+        switch (head.method, path) {
+        case (.GET, "/healthz"), (.HEAD, "/healthz"):
+            status = .ok
+            body = "ok\n"
+        case (.GET, "/readyz"), (.HEAD, "/readyz"):
+            if gateway.isDraining {
+                status = .serviceUnavailable
+                body = "draining\n"
+            } else {
+                status = .ok
+                body = "ready\n"
+            }
+        case (.GET, "/metrics"):
+            status = .ok
+            contentType = "text/plain; version=0.0.4; charset=utf-8"
+            body = gateway.metrics.render()
+        case (_, "/healthz"), (_, "/readyz"), (_, "/metrics"):
+            status = .methodNotAllowed
+            body = "method not allowed\n"
+        default:
+            status = .notFound
+            body = "not found\n"
+        }
+        var headers = HTTPHeaders([("Content-Type", contentType), ("Content-Length", String(body.utf8.count))])
+        if !head.isKeepAlive { headers.add(name: "Connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        if head.method != .HEAD {
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+        }
+        let keepAlive = head.isKeepAlive
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            if !keepAlive { channel.close(promise: nil) }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+import CoreMetrics
+
+import NIOConcurrencyHelpers
+import Prometheus
+
+/// The gateway's Prometheus metrics, through swift-metrics with a registry of
+/// its own (not the process-global one, so several gateways can live in one
+/// process, as in tests).
+///
+/// Label values are bounded by construction: route names come from the
+/// config, codes and causes from the close policy, directions are `in`/`out`.
+/// Nothing a client sends becomes a label.
+final class GatewayMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    private let factory: PrometheusMetricsFactory
+
+    let connectionsActive: CoreMetrics.Meter
+    private let connectionsTotal: [String: CoreMetrics.Counter]  // by route
+    let messagesIn: CoreMetrics.Counter
+    let messagesOut: CoreMetrics.Counter
+    let bytesIn: CoreMetrics.Counter
+    let bytesOut: CoreMetrics.Counter
+    let upstreamConnect: CoreMetrics.Timer
+    let httpRequest: CoreMetrics.Timer
+    /// `wsgate_close_events_total` counters, created on first use per
+    /// (code, cause, route): a bounded set.
+    private let closeEvents = NIOLockedValueBox<[String: CoreMetrics.Counter]>([:])
+
+    init(routes: [Route]) {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        let latencyBuckets: [Duration] = [
+            .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+            .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1),
+            .milliseconds(2500), .seconds(5), .seconds(10),
+        ]
+        factory.defaultDurationHistogramBuckets = latencyBuckets
+        self.factory = factory
+        connectionsActive = CoreMetrics.Meter(label: "wsgate_connections_active", dimensions: [], factory: factory)
+        var perRoute: [String: CoreMetrics.Counter] = [:]
+        for route in routes {
+            perRoute[route.path] = CoreMetrics.Counter(label: "wsgate_connections_total", dimensions: [("route", route.path)], factory: factory)
+        }
+        connectionsTotal = perRoute
+        messagesIn = CoreMetrics.Counter(label: "wsgate_messages_total", dimensions: [("direction", "in")], factory: factory)
+        messagesOut = CoreMetrics.Counter(label: "wsgate_messages_total", dimensions: [("direction", "out")], factory: factory)
+        bytesIn = CoreMetrics.Counter(label: "wsgate_bytes_total", dimensions: [("direction", "in")], factory: factory)
+        bytesOut = CoreMetrics.Counter(label: "wsgate_bytes_total", dimensions: [("direction", "out")], factory: factory)
+        upstreamConnect = CoreMetrics.Timer(label: "wsgate_upstream_connect_seconds", dimensions: [], factory: factory)
+        httpRequest = CoreMetrics.Timer(label: "wsgate_http_upstream_request_seconds", dimensions: [], factory: factory)
+        // Present from the start, so dashboards see 0 rather than no series.
+        connectionsActive.set(0)
+    }
+
+    func connectionOpened(route: String) {
+        connectionsTotal[route]?.increment()
+        connectionsActive.increment()
+    }
+
+    func connectionClosed(_ event: CloseEvent) {
+        connectionsActive.decrement()
+        let key = "\(event.code)|\(event.cause.rawValue)|\(event.route)"
+        let counter = closeEvents.withLockedValue { counters -> CoreMetrics.Counter in
+            if let c = counters[key] { return c }
+            let c = CoreMetrics.Counter(
+                label: "wsgate_close_events_total",
+                dimensions: [("code", String(event.code)), ("cause", event.cause.rawValue), ("route", event.route)],
+                factory: factory)
+            counters[key] = c
+            return c
+        }
+        counter.increment()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    func render() -> String {
+        var bytes: [UInt8] = []
+        registry.emit(into: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
