@@ -90,11 +90,12 @@ struct Serve: AsyncParsableCommand {
         // arrives right after the `listening` line must start the drain.
         let signals = ShutdownSignal()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        let server = GatewayServer(config: config, group: group, logger: logger, eventLog: EventLog(format: format))
+        let server: GatewayServer
         do {
+            server = try GatewayServer(config: config, group: group, logger: logger, eventLog: EventLog(format: format))
             _ = try await server.start()
         } catch {
-            logger.error("listen_failed", metadata: [
+            logger.error("start_failed", metadata: [
                 "host": .string(config.listen.host), "port": .stringConvertible(config.listen.port), "error": .string("\(error)"),
             ])
             try? await group.shutdownGracefully()

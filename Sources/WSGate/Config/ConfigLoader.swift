@@ -141,6 +141,14 @@ private struct Reader {
         return value
     }
 
+    mutating func bool(_ node: Node, _ path: String) -> Bool? {
+        guard case .scalar(let scalar) = node, scalar.style == .plain, ["true", "false"].contains(scalar.string) else {
+            problem(path, "expected true or false, found \(describe(node))")
+            return nil
+        }
+        return scalar.string == "true"
+    }
+
     mutating func stringList(_ node: Node, _ path: String) -> [String]? {
         guard case .sequence(let sequence) = node else {
             problem(path, "expected a list, found \(kind(node))")
@@ -240,7 +248,18 @@ private struct Reader {
             let key = t["private_key"].flatMap { string($0, "listen.tls.private_key") }
             if t["certificate"] == nil { problem("listen.tls.certificate", "required key is missing") }
             if t["private_key"] == nil { problem("listen.tls.private_key", "required key is missing") }
-            if let cert, let key { listen.tls = .init(certificate: cert, privateKey: key) }
+            if let cert, let key {
+                var ok = true
+                if let message = TLSFiles.checkCertificates(cert) {
+                    problem("listen.tls.certificate", message)
+                    ok = false
+                }
+                if let message = TLSFiles.checkPrivateKey(key) {
+                    problem("listen.tls.private_key", message)
+                    ok = false
+                }
+                if ok { listen.tls = .init(certificate: cert, privateKey: key) }
+            }
         }
     }
 
@@ -253,7 +272,7 @@ private struct Reader {
         var seenPaths: Set<String> = []
         for (index, item) in sequence.enumerated() {
             let base = "routes[\(index)]"
-            let keys = ["path", "upstream", "forward_headers", "origins", "http"]
+            let keys = ["path", "upstream", "forward_headers", "origins", "http", "tls"]
             guard let m = mapping(item, base, allowed: keys) else { continue }
             var path: String? = nil
             if let n = m["path"], let p = string(n, "\(base).path") {
@@ -327,11 +346,42 @@ private struct Reader {
                     problem("\(base).http", "only applies to http:// and https:// upstreams")
                 }
             }
+            var tls: Route.UpstreamTLS? = nil
+            if let n = m["tls"], let t = mapping(n, "\(base).tls", allowed: ["ca_file", "server_name", "insecure_skip_verify"]) {
+                var settings = Route.UpstreamTLS()
+                if let n = t["ca_file"], let v = string(n, "\(base).tls.ca_file") {
+                    if let message = TLSFiles.checkCertificates(v) {
+                        problem("\(base).tls.ca_file", message)
+                    } else {
+                        settings.caFile = v
+                    }
+                }
+                if let n = t["server_name"], let v = string(n, "\(base).tls.server_name") {
+                    if v.isEmpty || v.contains(where: { $0 == " " || $0 == "/" || $0 == ":" }) {
+                        problem("\(base).tls.server_name", "invalid server name \(JSONText.quoted(v))")
+                    } else {
+                        settings.serverName = v.lowercased()
+                    }
+                }
+                if let n = t["insecure_skip_verify"], let v = bool(n, "\(base).tls.insecure_skip_verify") {
+                    settings.insecureSkipVerify = v
+                }
+                let isTLS: Bool
+                switch upstream {
+                case .webSocket(let url)?, .http(let url)?: isTLS = url.isTLS
+                default: isTLS = false
+                }
+                if upstream != nil && !isTLS {
+                    problem("\(base).tls", "only applies to wss:// and https:// upstreams")
+                }
+                tls = settings
+            }
             if let path, let upstream {
                 var route = Route(path: path, upstream: upstream)
                 route.forwardHeaders = forward
                 route.origins = origins
                 route.http = http
+                route.tls = tls
                 routes.append(route)
             }
         }
@@ -343,9 +393,7 @@ private struct Reader {
     static func unsupported(_ target: UpstreamTarget) -> String? {
         switch target {
         case .echo: return nil
-        case .webSocket(let url):
-            return url.isTLS ? "wss:// upstreams are not supported by this build yet" : nil
-        case .http:
+        case .webSocket, .http:
             return nil
         }
     }

@@ -79,6 +79,17 @@ public struct Route: Sendable, Equatable {
         public var onError: HTTPOnError = .close
     }
 
+    /// TLS settings toward a `wss://` or `https://` upstream.
+    public struct UpstreamTLS: Sendable, Equatable {
+        /// PEM file of CA certificates to trust instead of the system store.
+        public var caFile: String? = nil
+        /// Name for SNI and certificate verification instead of the URL's host.
+        public var serverName: String? = nil
+        /// Accept any certificate. Only when set explicitly; logged as a
+        /// warning at start.
+        public var insecureSkipVerify = false
+    }
+
     /// The route's path as written in the config (`/echo`, `/chat/*`); also
     /// its name in logs.
     public var path: String
@@ -88,6 +99,7 @@ public struct Route: Sendable, Equatable {
     /// Allowed `Origin` values; `nil` means any origin.
     public var origins: [String]? = nil
     public var http = HTTPSettings()
+    public var tls: UpstreamTLS? = nil
 
     public init(path: String, upstream: UpstreamTarget) {
         self.path = path

@@ -175,12 +175,19 @@ final class CurlClient: @unchecked Sendable {
             guard message.pointee.msg == CURLMSG_DONE, let handle = message.pointee.easy_handle else { continue }
             let code = message.pointee.data.result
             curl_multi_remove_handle(multi, handle)
+            var reusable = true
             if let transfer = running.removeValue(forKey: handle) {
                 let complete = transfer.finish(handle: handle, code: code)
                 let loop = transfer.promise.futureResult.eventLoop
                 batches[ObjectIdentifier(loop), default: (loop, [])].1.append(complete)
+                reusable = !transfer.request.hasCustomTLS
             }
-            releaseHandle(handle)
+            if reusable {
+                releaseHandle(handle)
+            } else {
+                curl_easy_cleanup(handle)
+                errorBuffers.removeValue(forKey: handle)?.deallocate()
+            }
         }
         for (_, (loop, completions)) in batches {
             let box = UnsafeTransfer(completions)
@@ -198,6 +205,7 @@ private final class Transfer {
     var oversized = false
     private var bodyCopy: UnsafeMutableRawBufferPointer?
     private let errorBuffer: UnsafeMutablePointer<CChar>
+    private var connectToList: UnsafeMutablePointer<curl_slist>?
 
     init(request: CurlRequest, promise: EventLoopPromise<CurlResponse>, errorBuffer: UnsafeMutablePointer<CChar>) {
         self.request = request
@@ -209,6 +217,7 @@ private final class Transfer {
 
     deinit {
         bodyCopy?.deallocate()
+        curl_slist_free_all(connectToList)
     }
 
     /// Sets every per-transfer option (the handle may carry a previous
@@ -236,6 +245,19 @@ private final class Transfer {
         wsgate_curl_easy_setopt_off_t(h, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(length))
         wsgate_curl_easy_setopt_ptr(h, CURLOPT_HTTPHEADER, request.headers.list)
         wsgate_curl_easy_setopt_ptr(h, CURLOPT_WRITEDATA, Unmanaged.passUnretained(self).toOpaque())
+        if let tls = request.tls {
+            if let caFile = tls.caFile {
+                caFile.withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_CAINFO, $0) }
+            }
+            if tls.insecureSkipVerify {
+                wsgate_curl_easy_setopt_long(h, CURLOPT_SSL_VERIFYPEER, 0)
+                wsgate_curl_easy_setopt_long(h, CURLOPT_SSL_VERIFYHOST, 0)
+            }
+        }
+        if let connectTo = request.connectTo {
+            connectToList = curl_slist_append(nil, connectTo)
+            wsgate_curl_easy_setopt_ptr(h, CURLOPT_CONNECT_TO, connectToList)
+        }
     }
 
     func finish(handle: UnsafeMutableRawPointer, code: CURLcode) -> () -> Void {

@@ -30,6 +30,15 @@ struct CurlRequest: Sendable {
     var totalTimeoutMs: Int
     /// The transfer is aborted when the response body exceeds this.
     var maxResponseBytes: Int
+    /// A route's `tls` settings for an https:// upstream.
+    var tls: Route.UpstreamTLS? = nil
+    /// `CURLOPT_CONNECT_TO` entry (`name:port:host:port`), used with
+    /// `tls.server_name`: the URL names the server, the entry the address.
+    var connectTo: String? = nil
+
+    /// Requests with per-route TLS options leave them set on the easy
+    /// handle, so their handle is not reused for other requests.
+    var hasCustomTLS: Bool { tls != nil || connectTo != nil }
 }
 
 struct CurlResponse: Sendable {

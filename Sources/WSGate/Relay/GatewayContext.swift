@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOSSL
 
 /// Timeouts and limits a Session and its legs use, converted once from config.
 struct SessionSettings: Sendable {
@@ -32,6 +33,10 @@ final class GatewayContext: Sendable {
     /// The libcurl client, only when a route has an HTTP upstream.
     let curl: CurlClient?
     let metrics: GatewayMetrics
+    /// `listen.tls`: terminate wss:// here.
+    let serverTLS: NIOSSLContext?
+    /// One client TLS context per `wss://` route, by route path.
+    let upstreamTLS: [String: NIOSSLContext]
     private let draining = NIOLockedValueBox(false)
 
     /// True once a drain started: `/readyz` answers 503.
@@ -39,7 +44,7 @@ final class GatewayContext: Sendable {
 
     func startDraining() { draining.withLockedValue { $0 = true } }
 
-    init(config: GatewayConfig, eventLog: EventLog, logger: Logger, group: EventLoopGroup) {
+    init(config: GatewayConfig, eventLog: EventLog, logger: Logger, group: EventLoopGroup) throws {
         self.config = config
         self.routes = RouteTable(routes: config.routes)
         self.policy = ClosePolicy(config: config)
@@ -47,6 +52,14 @@ final class GatewayContext: Sendable {
         self.eventLog = eventLog
         self.logger = logger
         self.metrics = GatewayMetrics(routes: config.routes)
+        self.serverTLS = try config.listen.tls.map(TLSFiles.serverContext)
+        var upstreamTLS: [String: NIOSSLContext] = [:]
+        for route in config.routes {
+            if case .webSocket(let url) = route.upstream, url.isTLS {
+                upstreamTLS[route.path] = try TLSFiles.clientContext(route.tls)
+            }
+        }
+        self.upstreamTLS = upstreamTLS
         let needsHTTP = config.routes.contains { if case .http = $0.upstream { return true } else { return false } }
         self.curl = needsHTTP ? CurlClient(eventLoop: group.next()) : nil
     }

@@ -61,7 +61,8 @@ final class ClientConnection: @unchecked Sendable {
             upstream = WebSocketUpstream(
                 session: session, url: match.upstreamURL!,
                 requestHeaders: upstreamHeaders(for: head, url: match.upstreamURL!, route: match.route, connectionID: session.id),
-                offeredProtocols: offered, settings: gateway.settings)
+                offeredProtocols: offered, settings: gateway.settings,
+                tls: gateway.upstreamTLS[match.route.path], serverName: match.route.tls?.serverName)
         case .http:
             guard let curl = gateway.curl else {
                 session.startRefused(.internalError)

@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import NIOWebSocket
 
 /// The client-facing listener: accepts TCP connections, runs the HTTP/1.1
@@ -14,8 +15,9 @@ public final class GatewayServer: Sendable {
     private let admin: AdminServer
     private let adminPortBox: NIOLockedBox<Int?> = NIOLockedBox(nil)
 
-    public init(config: GatewayConfig, group: EventLoopGroup, logger: Logger, eventLog: EventLog) {
-        self.gateway = GatewayContext(config: config, eventLog: eventLog, logger: logger, group: group)
+    /// Throws when a TLS certificate, key or CA file cannot be loaded.
+    public init(config: GatewayConfig, group: EventLoopGroup, logger: Logger, eventLog: EventLog) throws {
+        self.gateway = try GatewayContext(config: config, eventLog: eventLog, logger: logger, group: group)
         self.group = group
         self.admin = AdminServer(gateway: gateway)
     }
@@ -30,6 +32,12 @@ public final class GatewayServer: Sendable {
     public func start() async throws -> Int {
         let gateway = self.gateway
         let maxFrame = gateway.settings.maxMessageBytes
+        let serverTLS = gateway.serverTLS
+        for route in gateway.config.routes where route.tls?.insecureSkipVerify == true {
+            gateway.logger.warning("tls_verification_disabled", metadata: [
+                "route": .string(route.path), "upstream": .string(route.upstream.description),
+            ])
+        }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -39,6 +47,9 @@ public final class GatewayServer: Sendable {
             .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let serverTLS {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: serverTLS))
+                    }
                     let connection = ClientConnection(gateway: gateway, channel: channel)
                     let upgrader = NIOWebSocketServerUpgrader(
                         maxFrameSize: maxFrame, automaticErrorHandling: false,
@@ -56,7 +67,7 @@ public final class GatewayServer: Sendable {
         let port = channel.localAddress?.port ?? gateway.config.listen.port
         gateway.logger.info("listening", metadata: [
             "host": .string(gateway.config.listen.host), "port": .stringConvertible(port),
-            "routes": .stringConvertible(gateway.config.routes.count),
+            "routes": .stringConvertible(gateway.config.routes.count), "tls": .stringConvertible(serverTLS != nil),
         ])
         do {
             let adminPort = try await admin.start(group: group)

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import NIOWebSocket
 
 /// Answers every request that did not become a WebSocket (no route, not an
@@ -35,6 +36,15 @@ final class RejectHandler: ChannelInboundHandler, RemovableChannelHandler {
                 ? HandshakeCheck.Rejection(status: .requestHeaderFieldsTooLarge, reason: "request headers too large")
                 : HandshakeCheck.Rejection(status: .badRequest, reason: "malformed HTTP request")
             respond(context: context, r, method: "", path: "", origin: nil, error: "\(error)")
+        } else if (error is NIOSSLError || error is BoringSSLError) && !responded {
+            // Not TLS, or a failed TLS handshake, on a TLS listener: nothing
+            // HTTP can be answered; log and drop.
+            responded = true
+            connection.handshakeFinished()
+            connection.gateway.eventLog.rejected(.init(
+                status: 400, reason: "TLS handshake failed", method: "", path: "",
+                clientAddress: connection.clientAddress, error: "\(error)"))
+            context.close(promise: nil)
         } else if !(error is NIOWebSocketUpgradeError) {
             context.fireErrorCaught(error)
         }

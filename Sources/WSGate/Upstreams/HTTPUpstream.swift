@@ -27,6 +27,7 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
     /// Headers every request of this connection carries.
     private let commonHeaders: [String]
     private let urlString: String
+    private let connectTo: String?
     private lazy var textHeaders = CurlHeaderList(commonHeaders + ["Content-Type: text/plain; charset=utf-8", "X-WSGate-Message-Type: text"])
     private lazy var binaryHeaders = CurlHeaderList(commonHeaders + ["Content-Type: application/octet-stream", "X-WSGate-Message-Type: binary"])
     private let logger: Logger
@@ -48,15 +49,30 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
         self.settings = SessionSettings(config: config)
         self.timeouts = (config.timeouts.upstreamConnectMs, config.timeouts.httpRequestMs)
         self.commonHeaders = commonHeaders
-        self.urlString = url.description
+        if let serverName = route.tls?.serverName, url.isTLS {
+            // Name the server in the URL (SNI, verification, Host) and send
+            // the connection to the configured address.
+            var named = url
+            named.host = serverName
+            self.urlString = named.description
+            self.connectTo = "\(serverName):\(url.port):\(url.host.contains(":") ? "[\(url.host)]" : url.host):\(url.port)"
+        } else {
+            self.urlString = url.description
+            self.connectTo = nil
+        }
         self.logger = logger
     }
 
     private func request(url: String, headers: CurlHeaderList, body: ByteBuffer?) -> CurlRequest {
-        CurlRequest(
+        var request = CurlRequest(
             url: url, method: route.http.method, headers: headers, body: body,
             connectTimeoutMs: timeouts.connectMs, totalTimeoutMs: timeouts.requestMs,
             maxResponseBytes: settings.maxMessageBytes)
+        if url == urlString {  // the route's upstream (hooks use plain settings)
+            request.tls = route.tls
+            request.connectTo = connectTo
+        }
+        return request
     }
 
     // MARK: Connecting: the optional connect_url hook

@@ -6,7 +6,7 @@ import NIOWebSocket
 /// writable, and reports everything else to its `WebSocketUpstream`.
 ///
 /// Outbound it serializes frames itself with `MaskedFrameWriter` and writes
-/// the bytes through a `RawFrameOutlet` at the pipeline head, bypassing NIO's
+/// the bytes through a `RawFrameOutlet` before the frame encoder, bypassing NIO's
 /// `WebSocketFrameEncoder`: relayed client payloads are re-masked in the same
 /// pass that copies them out.
 final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
@@ -145,9 +145,9 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 }
 
-/// An outbound handler placed right after the pipeline head: writing through
-/// its context sends already-serialized frame bytes to the socket without
-/// passing NIO's `WebSocketFrameEncoder`.
+/// An outbound handler placed just before NIO's `WebSocketFrameEncoder`:
+/// writing through its context sends already-serialized frame bytes toward
+/// the socket (and through TLS, if any) without passing the encoder.
 final class RawFrameOutlet: ChannelOutboundHandler, RemovableChannelHandler {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import NIOWebSocket
 
 /// A `ws://` upstream: a NIO WebSocket client on the client channel's event
@@ -30,8 +31,17 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
     private var closeTimer: Scheduled<Void>?
     private var lastIOError: String?
     private var aborted = false
+    private let tls: NIOSSLContext?
+    private let serverName: String?
 
-    init(session: Session, url: URLParts, requestHeaders: HTTPHeaders, offeredProtocols: [String], settings: SessionSettings) {
+    init(
+        session: Session, url: URLParts, requestHeaders: HTTPHeaders, offeredProtocols: [String], settings: SessionSettings,
+        tls: NIOSSLContext? = nil, serverName: String? = nil
+    ) {
+        self.tls = tls
+        // SNI and verification name: the configured one, else the URL's host
+        // unless it is an IP address (NIOSSL then checks the address).
+        self.serverName = serverName ?? (Self.isIPAddress(url.host) ? nil : url.host)
         self.session = session
         self.eventLoop = session.eventLoop
         self.url = url
@@ -42,6 +52,10 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
 
     private var endpoint: String { "\(url.host):\(url.port)" }
 
+    static func isIPAddress(_ host: String) -> Bool {
+        (try? SocketAddress(ipAddress: host, port: 0)) != nil
+    }
+
     // MARK: Connecting
 
     func connect() -> EventLoopFuture<String?> {
@@ -50,11 +64,16 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         state = .connecting
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: url.requestTarget, headers: requestHeaders)
         let maxFrame = settings.maxMessageBytes
+        let tls = self.tls
+        let serverName = self.serverName
         ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.upstreamConnect)
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: serverName))
+                    }
                     let encoder = HTTPRequestEncoder()
                     let decoder = ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes))
                     let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: maxFrame, automaticErrorHandling: false) {
@@ -101,10 +120,12 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
                 throw UpstreamFailure(.upstreamProtocolError, error: "upstream chose subprotocol \(chosen) that the client did not offer")
             }
             // The leg handler serializes its own (masked) frames and writes
-            // them through an outlet next to the pipeline head, past NIO's
-            // frame encoder (which cannot be removed).
+            // them through an outlet placed just before NIO's frame encoder
+            // (which cannot be removed): past the encoder, but still through
+            // TLS when there is TLS.
             let outlet = RawFrameOutlet()
-            try channel.pipeline.syncOperations.addHandler(outlet, position: .first)
+            let encoder = try channel.pipeline.syncOperations.handler(type: WebSocketFrameEncoder.self)
+            try channel.pipeline.syncOperations.addHandler(outlet, position: .before(encoder))
             let handler = UpstreamLegHandler(leg: self, outlet: outlet, maxMessageBytes: self.settings.maxMessageBytes)
             try channel.pipeline.syncOperations.addHandler(handler)
             self.handler = handler
@@ -317,6 +338,10 @@ final class UpstreamHandshakeHandler: ChannelInboundHandler, RemovableChannelHan
         }
         if error is HTTPParserError {
             leg.fail(UpstreamFailure(.upstreamProtocolError, error: "invalid HTTP response to the upgrade: \(error)"))
+            return
+        }
+        if error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
+            leg.fail(UpstreamFailure(.upstreamTLSError, error: "TLS with the upstream: \(error)"))
             return
         }
         leg.noteIOError(error)

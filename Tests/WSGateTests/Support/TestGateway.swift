@@ -25,7 +25,7 @@ final class TestGateway: Sendable {
         let sink = LogSink(capture: { line in lines.withLockedValue { $0.append(line) } })
         var logger = Logger(label: "test", factory: { GatewayLogHandler(label: $0, level: .info, format: .json, sink: sink) })
         logger.logLevel = .info
-        let server = GatewayServer(config: config, group: group, logger: logger, eventLog: EventLog(format: .json, sink: sink))
+        let server = try GatewayServer(config: config, group: group, logger: logger, eventLog: EventLog(format: .json, sink: sink))
         let port = try await server.start()
         return TestGateway(server: server, port: port, lines: lines)
     }

@@ -1,0 +1,47 @@
+import NIOSSL
+
+/// Loading PEM files for TLS, with readable errors for `check-config`.
+public enum TLSFiles {
+    /// nil when `path` holds at least one PEM certificate.
+    public static func checkCertificates(_ path: String) -> String? {
+        do {
+            let certificates = try NIOSSLCertificate.fromPEMFile(path)
+            return certificates.isEmpty ? "no PEM certificate in \(path)" : nil
+        } catch {
+            return "cannot load PEM certificates from \(path): \(error)"
+        }
+    }
+
+    /// nil when `path` holds a PEM private key.
+    public static func checkPrivateKey(_ path: String) -> String? {
+        do {
+            _ = try NIOSSLPrivateKey(file: path, format: .pem)
+            return nil
+        } catch {
+            return "cannot load a PEM private key from \(path): \(error)"
+        }
+    }
+
+    /// The server context for `listen.tls` (wss:// clients).
+    static func serverContext(_ files: GatewayConfig.TLSFiles) throws -> NIOSSLContext {
+        let chain = try NIOSSLCertificate.fromPEMFile(files.certificate).map { NIOSSLCertificateSource.certificate($0) }
+        let key = try NIOSSLPrivateKey(file: files.privateKey, format: .pem)
+        var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        configuration.minimumTLSVersion = .tlsv12
+        return try NIOSSLContext(configuration: configuration)
+    }
+
+    /// The client context for a `wss://` route: the system trust store unless
+    /// `ca_file` is set; full verification unless `insecure_skip_verify`.
+    static func clientContext(_ tls: Route.UpstreamTLS?) throws -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.minimumTLSVersion = .tlsv12
+        if let caFile = tls?.caFile {
+            configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile))
+        }
+        if tls?.insecureSkipVerify == true {
+            configuration.certificateVerification = .none
+        }
+        return try NIOSSLContext(configuration: configuration)
+    }
+}

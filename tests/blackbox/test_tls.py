@@ -1,0 +1,234 @@
+"""TLS: wss:// clients terminated at the gateway (`listen.tls`), wss:// and
+https:// upstreams verified against the system store or a route's `ca_file`,
+`server_name`, and the explicit `insecure_skip_verify`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+import subprocess
+import threading
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from websockets.asyncio.client import connect as ws_connect
+from websockets.asyncio.server import serve as ws_serve
+
+from conftest import BIN, Gateway, addr_of, clean_env, run
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+def make_cert(common_name, issuer_cert=None, issuer_key=None, is_ca=False, sans=()):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (x509.CertificateBuilder()
+               .subject_name(name)
+               .issuer_name(issuer_cert.subject if issuer_cert else name)
+               .public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(NOW - datetime.timedelta(days=1))
+               .not_valid_after(NOW + datetime.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    cert = builder.sign(issuer_key or key, hashes.SHA256())
+    return cert, key
+
+
+def write_pem(path, cert=None, key=None):
+    data = b""
+    if cert is not None:
+        data += cert.public_bytes(serialization.Encoding.PEM)
+    if key is not None:
+        data += key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    ca, ca_key = make_cert("wsgate test CA", is_ca=True)
+    # DNS name only: an IP SAN for 127.0.0.1 would let any connection to
+    # 127.0.0.1 pass hostname checks, whatever server_name says.
+    server, server_key = make_cert("localhost", ca, ca_key, sans=[x509.DNSName("localhost")])
+    other, other_key = make_cert("untrusted", sans=[x509.DNSName("localhost")])
+    return {
+        "ca": write_pem(d / "ca.pem", ca),
+        "cert": write_pem(d / "server.pem", server),
+        "key": write_pem(d / "server.key", key=server_key),
+        "other_cert": write_pem(d / "other.pem", other),
+        "other_key": write_pem(d / "other.key", key=other_key),
+    }
+
+
+class TLSUpstreams:
+    """A wss:// echo server and an https:// echo server, both with the
+    CA-signed certificate, on a background loop."""
+
+    def __init__(self, pki):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki["cert"], pki["key"])
+        asyncio.run_coroutine_threadsafe(self._start(ctx), self.loop).result(10)
+
+    async def _start(self, ctx):
+        async def echo(ws):
+            async for m in ws:
+                await ws.send(m)
+        self.wss = await ws_serve(echo, "127.0.0.1", 0, ssl=ctx)
+        self.wss_port = self.wss.sockets[0].getsockname()[1]
+
+        async def handler(request):
+            return web.Response(body=await request.read(), content_type="text/plain")
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", handler)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ctx)
+        await site.start()
+        self.https_port = site._server.sockets[0].getsockname()[1]
+
+    def stop(self):
+        async def _stop():
+            self.wss.close()
+            await self.runner.cleanup()
+        asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def tls_upstreams(pki):
+    u = TLSUpstreams(pki)
+    yield u
+    u.stop()
+
+
+@pytest.fixture(scope="module")
+def tgw(pki, tls_upstreams, tmp_path_factory):
+    w, h = tls_upstreams.wss_port, tls_upstreams.https_port
+    cfg = {
+        "listen": {"host": "127.0.0.1", "port": 0, "tls": {"certificate": pki["cert"], "private_key": pki["key"]}},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "timeouts": {"upstream_connect_ms": 1000, "upstream_handshake_ms": 1000, "close_handshake_ms": 500},
+        "routes": [
+            {"path": "/echo", "upstream": "builtin:echo"},
+            {"path": "/wss-ok", "upstream": f"wss://localhost:{w}/", "tls": {"ca_file": pki["ca"]}},
+            {"path": "/wss-untrusted", "upstream": f"wss://localhost:{w}/"},
+            {"path": "/wss-insecure", "upstream": f"wss://localhost:{w}/", "tls": {"insecure_skip_verify": True}},
+            {"path": "/wss-name", "upstream": f"wss://127.0.0.1:{w}/",
+             "tls": {"ca_file": pki["ca"], "server_name": "localhost"}},
+            {"path": "/wss-wrong-name", "upstream": f"wss://127.0.0.1:{w}/",
+             "tls": {"ca_file": pki["ca"], "server_name": "not-the-name.example"}},
+            {"path": "/https-ok", "upstream": f"https://localhost:{h}/x", "tls": {"ca_file": pki["ca"]}},
+            {"path": "/https-untrusted", "upstream": f"https://localhost:{h}/x"},
+            {"path": "/https-insecure", "upstream": f"https://localhost:{h}/x", "tls": {"insecure_skip_verify": True}},
+            {"path": "/https-name", "upstream": f"https://127.0.0.1:{h}/x",
+             "tls": {"ca_file": pki["ca"], "server_name": "localhost"}},
+        ],
+    }
+    gw = Gateway(cfg, tmp_path_factory.mktemp("tgw"), "tls")
+    yield gw
+    assert gw.stop() == 0
+
+
+def client_ctx(pki):
+    ctx = ssl.create_default_context(cafile=pki["ca"])
+    return ctx
+
+
+async def echo_once(gw, pki, path, message="hello"):
+    async with ws_connect(f"wss://localhost:{gw.port}{path}", ssl=client_ctx(pki), proxy=None,
+                          open_timeout=5, close_timeout=3) as ws:
+        addr = addr_of(ws)
+        try:
+            await ws.send(message)
+            reply = await asyncio.wait_for(ws.recv(), 5)
+        except Exception:  # closed by the gateway (a failed upstream)
+            reply = None
+    rcvd = ws.protocol.close_rcvd
+    return addr, reply, rcvd
+
+
+def close_line(gw, addr):
+    return gw.wait_for(lambda l: l.get("event") == "websocket_close" and l.get("client_addr") == addr)
+
+
+def test_wss_client_echo(tgw, pki):
+    addr, reply, rcvd = run(echo_once(tgw, pki, "/echo"))
+    assert reply == "hello"
+    assert rcvd.code == 1000
+    assert close_line(tgw, addr)["cause"] == "client_closed"
+    assert tgw.wait_for(lambda l: l.get("event") == "listening")["tls"] is True
+
+
+def test_plain_client_on_tls_listener_is_rejected(tgw):
+    async def go():
+        reader, writer = await asyncio.open_connection("127.0.0.1", tgw.port)
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(100), 5)
+        writer.close()
+        return data
+    data = run(go())
+    assert not data.startswith(b"HTTP/1.1 101")
+    line = tgw.wait_for(lambda l: l.get("event") == "websocket_reject" and l.get("reason") == "TLS handshake failed")
+    assert line["status"] == 400
+
+
+@pytest.mark.parametrize("path", ["/wss-ok", "/wss-insecure", "/wss-name", "/https-ok", "/https-insecure", "/https-name"])
+def test_verified_or_explicitly_insecure_upstreams_work(tgw, pki, path):
+    addr, reply, rcvd = run(echo_once(tgw, pki, path))
+    assert reply == "hello", f"{path}: close {rcvd}; gateway log: {tgw.raw_lines[-3:]}"
+    line = close_line(tgw, addr)
+    assert line["cause"] == "client_closed"
+
+
+@pytest.mark.parametrize("path", ["/wss-untrusted", "/wss-wrong-name", "/https-untrusted"])
+def test_untrusted_upstream_is_a_tls_error(tgw, pki, path):
+    addr, reply, rcvd = run(echo_once(tgw, pki, path))
+    assert reply is None
+    assert rcvd.code == 1014 and rcvd.reason == "upstream TLS error"
+    line = close_line(tgw, addr)
+    assert line["cause"] == "upstream_tls_error"
+    assert line["code"] == 1014 and line["was_clean"] is True
+    assert line["error"]
+
+
+def test_insecure_routes_warned_at_start(tgw):
+    warned = {l["route"] for l in tgw.snapshot() if l.get("event") == "tls_verification_disabled"}
+    assert warned == {"/wss-insecure", "/https-insecure"}
+    assert all(l["level"] == "warning" for l in tgw.snapshot() if l.get("event") == "tls_verification_disabled")
+
+
+def test_check_config_reports_tls_problems(tmp_path, pki):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"""
+listen:
+  tls: {{certificate: {tmp_path}/missing.pem, private_key: {pki["key"]}}}
+routes:
+  - path: /a
+    upstream: ws://127.0.0.1:9/x
+    tls: {{ca_file: {pki["ca"]}}}
+  - path: /b
+    upstream: wss://127.0.0.1:9/x
+    tls: {{ca_file: {tmp_path}/nope.pem, insecure_skip_verify: maybe}}
+""")
+    p = subprocess.run([str(BIN), "check-config", "--config", str(bad)], capture_output=True, text=True,
+                       timeout=30, env=clean_env())
+    assert p.returncode == 1
+    out = p.stdout + p.stderr
+    assert "listen.tls.certificate:" in out
+    assert "routes[0].tls: only applies to wss:// and https:// upstreams" in out
+    assert "routes[1].tls.ca_file:" in out
+    assert "routes[1].tls.insecure_skip_verify: expected true or false" in out
