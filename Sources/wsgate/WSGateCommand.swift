@@ -20,7 +20,7 @@ struct WSGateCommand: AsyncParsableCommand {
             line per closed connection.
             """,
         version: WSGateVersion.string,
-        subcommands: [Serve.self, CheckConfig.self],
+        subcommands: [Serve.self, CheckConfig.self, HealthCheck.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -55,6 +55,40 @@ struct CheckConfig: ParsableCommand {
             print("\(options.resolvedPath): OK (\(config.routes.count) route\(config.routes.count == 1 ? "" : "s"))")
         } catch {
             for problem in error.problems { printError("\(options.resolvedPath): \(problem)") }
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct HealthCheck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "healthcheck",
+        abstract: "Ask a running gateway's admin listener for /healthz: exit 0 when it answers 200, else 1.",
+        discussion: "For container health checks: the image needs no curl. Uses admin.host/admin.port from the config (0.0.0.0 or :: means 127.0.0.1).")
+
+    @OptionGroup var options: ConfigOption
+
+    @Option(help: "Timeout in milliseconds.")
+    var timeoutMs: Int = 2000
+
+    func run() throws {
+        let config: GatewayConfig
+        do {
+            config = try options.load()
+        } catch {
+            printError("healthcheck: \(error)")
+            throw ExitCode(1)
+        }
+        var host = config.admin.host
+        if host == "0.0.0.0" || host == "::" || host.isEmpty { host = "127.0.0.1" }
+        switch HTTPProbe.get(host: host, port: config.admin.port, path: "/healthz", timeoutMs: timeoutMs) {
+        case .success(200):
+            print("healthy")
+        case .success(let status):
+            printError("healthcheck: /healthz answered \(status)")
+            throw ExitCode(1)
+        case .failure(let message):
+            printError("healthcheck: \(message)")
             throw ExitCode(1)
         }
     }
