@@ -79,7 +79,7 @@ struct ParsedURL {
 /// Opens one upgraded WebSocket client channel and installs `handler`.
 func connectWebSocket(url: ParsedURL, group: EventLoopGroup, handler: @escaping @Sendable () -> ChannelHandler & Sendable) -> EventLoopFuture<Channel> {
     ClientBootstrap(group: group)
-        .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+        .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
         .channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
                 let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: 1 << 26, automaticErrorHandling: false) { channel, _ in

@@ -68,7 +68,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         let serverName = self.serverName
         ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.upstreamConnect)
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tls {
