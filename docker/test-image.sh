@@ -91,7 +91,8 @@ fi
 step "docker build (the real docker/Dockerfile)"
 DOCKER_BUILDKIT=0 docker build --network host -f docker/Dockerfile -t wsgate:test . >"$work/build.log" 2>&1 \
   || { tail -50 "$work/build.log"; exit 1; }
-docker run --rm --entrypoint id wsgate:test -u | grep -qv '^0$' || { echo "image runs as root"; exit 1; }
+uid=$(docker run --rm --entrypoint id wsgate:test -u)
+[ "$uid" != "0" ] || { echo "image runs as root"; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port); admin=$(free_port); dead=$(free_port)
@@ -133,9 +134,15 @@ async def main():
         assert e.rcvd.reason == "upstream unreachable", e
 asyncio.run(main())
 PY
-for _ in $(seq 1 50); do docker logs "$container" 2>/dev/null | grep -q '"cause":"upstream_unreachable"' && break; sleep 0.1; done
-docker logs "$container" | grep '"event":"websocket_close"' | grep '"route":"/dead"' | grep -q '"code":1014' \
-  || { echo "no websocket_close line for /dead in docker logs"; docker logs "$container"; exit 1; }
+# (Logs go to a file first: `docker logs | grep -q` would fail under
+# pipefail when grep exits early and docker logs gets SIGPIPE.)
+for _ in $(seq 1 50); do
+  docker logs "$container" >"$work/logs.txt" 2>&1
+  grep -q '"cause":"upstream_unreachable"' "$work/logs.txt" && break
+  sleep 0.1
+done
+grep '"event":"websocket_close"' "$work/logs.txt" | grep '"route":"/dead"' | grep -q '"code":1014' \
+  || { echo "no websocket_close line for /dead in docker logs"; exit 1; }
 
 step "docker stop drains: the open client gets 1001, exit code 0"
 PORT=$port CONTAINER=$container python3 - <<'PY'
@@ -155,5 +162,6 @@ asyncio.run(main())
 PY
 code=$(docker inspect -f '{{.State.ExitCode}}' "$container")
 [ "$code" = "0" ] || { echo "container exit code $code"; docker logs "$container"; exit 1; }
-docker logs "$container" | grep -q '"cause":"shutdown"' || { echo "no shutdown close line"; exit 1; }
+docker logs "$container" >"$work/logs.txt" 2>&1
+grep -q '"cause":"shutdown"' "$work/logs.txt" || { echo "no shutdown close line"; exit 1; }
 echo "docker image test: OK"
