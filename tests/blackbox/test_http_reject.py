@@ -91,3 +91,16 @@ def test_reject_does_not_disturb_other_connections(gateway):
             return await asyncio.wait_for(ws.recv(), 5)
 
     assert run(main()) == "still here"
+
+
+def test_oversized_headers_431(gateway):
+    res, ev = reject(gateway, rawws.upgrade_request(gateway.port, "/echo", extra=["X-Big: " + "a" * 200_000]))
+    assert res.status == 431
+    assert ev["status"] == 431 and ev["reason"] == "request headers too large"
+    no_close_line(gateway, res.local_addr)
+
+
+def test_garbage_instead_of_http_400(gateway):
+    res, ev = reject(gateway, ["\x16\x03\x01 this is not HTTP at all"])
+    assert res.status == 400
+    assert ev["status"] == 400 and ev["reason"] == "malformed HTTP request"

@@ -64,9 +64,14 @@ final class RejectHandler: ChannelInboundHandler, RemovableChannelHandler {
         let head = HTTPResponseHead(version: .http1_1, status: rejection.status, headers: headers)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+        // Lingering close: FIN after the response, then keep reading (and
+        // discarding) until the client closes, at most 2 s. Closing at once
+        // with unread request bytes (e.g. oversized headers) would send a
+        // TCP RST that can destroy the response before the client reads it.
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-            channel.close(promise: nil)
+            channel.close(mode: .output, promise: nil)
+            channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
         }
     }
 }
