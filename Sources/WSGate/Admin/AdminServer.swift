@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -9,7 +10,7 @@ import NIOPosix
 /// Control plane only: plain NIO HTTP/1.1, one small response per request.
 final class AdminServer: Sendable {
     private let gateway: GatewayContext
-    private let channel: NIOLockedBox<Channel?> = NIOLockedBox(nil)
+    private let channel = NIOLockedValueBox<Channel?>(nil)
 
     init(gateway: GatewayContext) {
         self.gateway = gateway
@@ -26,7 +27,7 @@ final class AdminServer: Sendable {
                 }
             }
             .bind(host: gateway.config.admin.host, port: gateway.config.admin.port).get()
-        self.channel.withLock { $0 = channel }
+        self.channel.withLockedValue { $0 = channel }
         let port = channel.localAddress?.port ?? gateway.config.admin.port
         gateway.logger.info("admin_listening", metadata: [
             "host": .string(gateway.config.admin.host), "port": .stringConvertible(port),
@@ -35,7 +36,7 @@ final class AdminServer: Sendable {
     }
 
     func stop() async {
-        let channel = self.channel.withLock { $0 }
+        let channel = self.channel.withLockedValue { $0 }
         try? await channel?.close()
     }
 }

@@ -289,12 +289,7 @@ private struct Reader {
             var upstream: UpstreamTarget? = nil
             if let n = m["upstream"], let u = string(n, "\(base).upstream") {
                 switch UpstreamTarget.parse(u) {
-                case .success(let target):
-                    if let message = Self.unsupported(target) {
-                        problem("\(base).upstream", message)
-                    } else {
-                        upstream = target
-                    }
+                case .success(let target): upstream = target
                 case .failure(let error): problem("\(base).upstream", error.message)
                 }
             } else if m["upstream"] == nil {
@@ -384,17 +379,6 @@ private struct Reader {
                 route.tls = tls
                 routes.append(route)
             }
-        }
-    }
-
-    /// Upstream kinds the config grammar knows but this build cannot serve yet
-    /// are refused up front, so a gateway never starts with a route that can
-    /// only ever fail.
-    static func unsupported(_ target: UpstreamTarget) -> String? {
-        switch target {
-        case .echo: return nil
-        case .webSocket, .http:
-            return nil
         }
     }
 

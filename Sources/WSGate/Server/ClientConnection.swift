@@ -99,16 +99,20 @@ final class ClientConnection: @unchecked Sendable {
     /// Header lines every HTTP upstream request of this connection carries
     /// (contract §6): connection id, `X-Forwarded-For`, `forward_headers`.
     func httpHeaderLines(for head: HTTPRequestHead, route: Route, connectionID: String) -> [String] {
-        var lines = ["X-WSGate-Connection-Id: \(connectionID)"]
-        let clientIP = channel.remoteAddress?.ipAddress ?? "unknown"
-        let prior = head.headers["x-forwarded-for"].joined(separator: ", ")
-        lines.append("X-Forwarded-For: \(prior.isEmpty ? clientIP : "\(prior), \(clientIP)")")
+        var lines = ["X-WSGate-Connection-Id: \(connectionID)", "X-Forwarded-For: \(forwardedFor(head))"]
         for name in route.forwardHeaders {
             for value in head.headers[name] where !value.utf8.contains(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0 }) {
                 lines.append("\(name): \(value)")
             }
         }
         return lines
+    }
+
+    /// The client's address appended to any `X-Forwarded-For` it sent.
+    func forwardedFor(_ head: HTTPRequestHead) -> String {
+        let clientIP = channel.remoteAddress?.ipAddress ?? "unknown"
+        let prior = head.headers["x-forwarded-for"].joined(separator: ", ")
+        return prior.isEmpty ? clientIP : "\(prior), \(clientIP)"
     }
 
     static func offeredProtocols(_ headers: HTTPHeaders) -> [String] {
@@ -126,9 +130,7 @@ final class ClientConnection: @unchecked Sendable {
         for name in route.forwardHeaders {
             for value in head.headers[name] { headers.add(name: name, value: value) }
         }
-        let clientIP = channel.remoteAddress?.ipAddress ?? "unknown"
-        let prior = head.headers["x-forwarded-for"].joined(separator: ", ")
-        headers.add(name: "X-Forwarded-For", value: prior.isEmpty ? clientIP : "\(prior), \(clientIP)")
+        headers.add(name: "X-Forwarded-For", value: forwardedFor(head))
         headers.add(name: "X-WSGate-Connection-Id", value: connectionID)
         return headers
     }

@@ -11,9 +11,9 @@ import NIOWebSocket
 public final class GatewayServer: Sendable {
     let gateway: GatewayContext
     let group: EventLoopGroup
-    private let serverChannel: NIOLockedBox<Channel?> = NIOLockedBox(nil)
+    private let serverChannel = NIOLockedValueBox<Channel?>(nil)
     private let admin: AdminServer
-    private let adminPortBox: NIOLockedBox<Int?> = NIOLockedBox(nil)
+    private let adminPortBox = NIOLockedValueBox<Int?>(nil)
 
     /// Throws when a TLS certificate, key or CA file cannot be loaded.
     public init(config: GatewayConfig, group: EventLoopGroup, logger: Logger, eventLog: EventLog) throws {
@@ -23,7 +23,7 @@ public final class GatewayServer: Sendable {
     }
 
     /// The admin listener's bound port, once started.
-    public var adminPort: Int? { adminPortBox.withLock { $0 } }
+    public var adminPort: Int? { adminPortBox.withLockedValue { $0 } }
 
     /// The number of upgraded connections still open.
     public var activeConnections: Int { gateway.registry.count }
@@ -63,7 +63,7 @@ public final class GatewayServer: Sendable {
                 }
             }
         let channel = try await bootstrap.bind(host: gateway.config.listen.host, port: gateway.config.listen.port).get()
-        serverChannel.withLock { $0 = channel }
+        serverChannel.withLockedValue { $0 = channel }
         let port = channel.localAddress?.port ?? gateway.config.listen.port
         gateway.logger.info("listening", metadata: [
             "host": .string(gateway.config.listen.host), "port": .stringConvertible(port),
@@ -71,7 +71,7 @@ public final class GatewayServer: Sendable {
         ])
         do {
             let adminPort = try await admin.start(group: group)
-            adminPortBox.withLock { $0 = adminPort }
+            adminPortBox.withLockedValue { $0 = adminPort }
         } catch {
             try? await channel.close()
             throw error
@@ -81,7 +81,7 @@ public final class GatewayServer: Sendable {
 
     /// Stops accepting new connections.
     public func stopAccepting() async {
-        let channel = serverChannel.withLock { $0 }
+        let channel = serverChannel.withLockedValue { $0 }
         try? await channel?.close()
     }
 
@@ -111,17 +111,5 @@ public final class GatewayServer: Sendable {
         // http_request_ms), then the curl worker stops.
         await gateway.curl?.shutdown()
         await admin.stop()
-    }
-}
-
-/// A tiny lock-protected box for values set once at start-up.
-final class NIOLockedBox<Value>: @unchecked Sendable {
-    private let lock = NIOLock()
-    private var value: Value
-
-    init(_ value: Value) { self.value = value }
-
-    func withLock<R>(_ body: (inout Value) -> R) -> R {
-        lock.withLock { body(&value) }
     }
 }
