@@ -96,6 +96,83 @@ struct UTF8ValidatorTests {
     }
 }
 
+/// The validator takes a parsed header and a payload; these tests describe
+/// frames with NIO's `WebSocketFrame` for readability.
+extension FrameValidator {
+    mutating func validate(_ frame: inout WebSocketFrame) -> Result<InboundFrame, FrameViolation> {
+        var first = UInt8(webSocketOpcode: frame.opcode) | (frame.fin ? 0x80 : 0)
+        if frame.rsv1 { first |= 0x40 }
+        if frame.rsv2 { first |= 0x20 }
+        if frame.rsv3 { first |= 0x10 }
+        let header = FrameHeader(
+            firstByte: first, maskKey: frame.maskKey?.littleEndianWord, headerLength: 0,
+            payloadLength: UInt64(frame.data.readableBytes))
+        var payload = frame.data
+        return validate(header, payload: &payload)
+    }
+}
+
+@Suite("Frame reader")
+struct FrameReaderTests {
+    /// Frames written by NIO's encoder, fed in pieces of every size, come out
+    /// of the reader whole, with the header NIO wrote and the payload bytes.
+    @Test func readsWhatNIOWrites() throws {
+        let alloc = ByteBufferAllocator()
+        let lengths = [0, 1, 125, 126, 127, 65535, 65536, 70001]
+        var frames: [WebSocketFrame] = []
+        for (i, length) in lengths.enumerated() {
+            let payload = alloc.buffer(bytes: (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ i) })
+            let key: WebSocketMaskingKey? = i % 2 == 0 ? [UInt8(i), 2, 3, 4] : nil
+            frames.append(WebSocketFrame(fin: i % 3 != 0, opcode: i % 2 == 0 ? .binary : .text, maskKey: key, data: payload))
+        }
+        let encoder = EmbeddedChannel(handler: WebSocketFrameEncoder())
+        var wire = alloc.buffer(capacity: 0)
+        for frame in frames {
+            try encoder.writeOutbound(frame)
+            while var part = try encoder.readOutbound(as: ByteBuffer.self) { wire.writeBuffer(&part) }
+        }
+        _ = try encoder.finish()
+
+        for chunk in [1, 7, 1000, wire.readableBytes] {
+            var reader = FrameReader(maxFrameBytes: 1 << 20)
+            var source = wire
+            var decoded: [(FrameHeader, ByteBuffer)] = []
+            while source.readableBytes > 0 {
+                reader.append(source.readSlice(length: min(chunk, source.readableBytes))!)
+                while case .frame(let header, let payload, _) = reader.next() { decoded.append((header, payload)) }
+            }
+            #expect(decoded.count == frames.count, "chunk \(chunk)")
+            #expect(reader.bufferedBytes == 0)
+            for (frame, (header, payload)) in zip(frames, decoded) {
+                var payload = payload
+                if let key = header.maskKey { payload.applyWebSocketMask(word: key) }  // NIO masked it on the wire
+                #expect(header.fin == frame.fin)
+                #expect(header.opcode == frame.opcode)
+                #expect(header.maskKey == frame.maskKey?.littleEndianWord)
+                #expect(payload == frame.data, "chunk \(chunk), length \(frame.data.readableBytes)")
+            }
+        }
+    }
+
+    /// What cannot be parsed past is reported from the header alone, before
+    /// the payload arrives (a 2^40-byte length must not be waited for).
+    @Test func framingErrorsFromTheHeader() {
+        let alloc = ByteBufferAllocator()
+        var big = FrameReader(maxFrameBytes: 1000)
+        big.append(alloc.buffer(bytes: [0x82, 0x7F, 0, 0, 0x01, 0, 0, 0, 0, 0]))
+        guard case .framingError(.messageTooBig(limit: 1000)) = big.next() else { Issue.record("oversize"); return }
+        var fragmentedPing = FrameReader(maxFrameBytes: 1000)
+        fragmentedPing.append(alloc.buffer(bytes: [0x09, 0x00]))
+        guard case .framingError(.protocolError("fragmented control frame")) = fragmentedPing.next() else { Issue.record("ping"); return }
+        var longClose = FrameReader(maxFrameBytes: 1000)
+        longClose.append(alloc.buffer(bytes: [0x88, 0x7E, 0x00, 0x7E]))
+        guard case .framingError(.protocolError("control frame over 125 bytes")) = longClose.next() else { Issue.record("close"); return }
+        var partial = FrameReader(maxFrameBytes: 1000)
+        partial.append(alloc.buffer(bytes: [0x82, 0x7E, 0x03]))
+        guard case .needMoreBytes = partial.next() else { Issue.record("partial"); return }
+    }
+}
+
 @Suite("Masked frame writer")
 struct MaskedFrameWriterTests {
     /// Serialized frames must decode, with NIO's own decoder, to the original

@@ -13,22 +13,22 @@ public enum FrameViolation: Error, Equatable, Sendable {
 }
 
 /// A frame that passed validation. Control payloads are unmasked; data
-/// frames keep their payload *as received* (still masked when `maskKey` is
-/// set), so relaying them costs one re-masking copy and nothing else.
-public enum InboundFrame {
-    /// A text, binary or continuation frame; `opcode` is the frame's own.
-    case data(WebSocketFrame)
+/// frames keep their payload *as received* (still masked when the header has
+/// a key), so relaying them costs one re-masking pass and nothing else.
+public enum InboundFrame: Equatable {
+    /// A text, binary or continuation frame.
+    case data
     case ping(ByteBuffer)
     case pong
     /// `code` is nil when the close frame had no payload (1005).
     case close(code: UInt16?, reason: String)
 }
 
-/// The endpoint checks RFC 6455 leaves to the receiver and NIO's decoder does
-/// not do: reserved bits and opcodes, masking direction, fragment ordering,
-/// incremental UTF-8 of text messages, close payloads, message size across
-/// fragments. One per direction per connection; frames pass through it one by
-/// one, so nothing is reassembled.
+/// The endpoint checks RFC 6455 leaves to the receiver once `FrameReader`
+/// has framed the stream: reserved bits and opcodes, masking direction,
+/// fragment ordering, incremental UTF-8 of text messages, close payloads,
+/// message size across fragments. One per direction per connection; frames
+/// pass through it one by one, so nothing is reassembled.
 public struct FrameValidator {
     public enum Role: Sendable {
         /// Frames from a client: must be masked (RFC 6455 §5.1).
@@ -39,8 +39,9 @@ public struct FrameValidator {
 
     let role: Role
     let maxMessageBytes: Int
-    /// The opcode of the data message in progress, if a fragmented one is.
-    private var messageOpcode: WebSocketOpcode? = nil
+    /// The opcode of the data message in progress (1 text, 2 binary), if a
+    /// fragmented one is.
+    private var messageOpcode: UInt8? = nil
     private var messageBytes = 0
     private var utf8 = UTF8Validator()
 
@@ -52,62 +53,56 @@ public struct FrameValidator {
     /// True while a fragmented message has started but not finished.
     public var isInsideMessage: Bool { messageOpcode != nil }
 
-    /// Validates `frame`. Control frames are unmasked in place; data frames
-    /// are left masked (text is UTF-8-checked through the mask).
-    public mutating func validate(_ frame: inout WebSocketFrame) -> Result<InboundFrame, FrameViolation> {
-        if frame.rsv1 || frame.rsv2 || frame.rsv3 {
+    /// Validates one complete frame. Control payloads are unmasked in place;
+    /// data payloads are left masked (text is UTF-8-checked through the mask).
+    public mutating func validate(_ header: FrameHeader, payload: inout ByteBuffer) -> Result<InboundFrame, FrameViolation> {
+        if header.hasReservedBits {
             return .failure(.protocolError("reserved bits set without a negotiated extension"))
         }
-        switch (role, frame.maskKey) {
+        switch (role, header.maskKey) {
         case (.fromClient, nil): return .failure(.protocolError("client frame not masked"))
         case (.fromServer, .some): return .failure(.protocolError("server frame masked"))
         default: break
         }
-        let opcode = frame.opcode
-        if opcode.isControlOpcode, let key = frame.maskKey {
-            frame.data.applyWebSocketMask(key)
-            frame.maskKey = nil
+        let opcode = header.opcodeBits
+        if header.isControl, let key = header.maskKey {
+            payload.applyWebSocketMask(word: key)
         }
         switch opcode {
-        case .text, .binary:
+        case 0x1, 0x2:
             if messageOpcode != nil {
                 return .failure(.protocolError("new message started inside a fragmented message"))
             }
             messageBytes = 0
-            if opcode == .text { utf8.reset() }
-            if !frame.fin { messageOpcode = opcode }
-            return data(frame, isText: opcode == .text)
-        case .continuation:
+            if opcode == 0x1 { utf8.reset() }
+            if !header.fin { messageOpcode = opcode }
+            return data(header, payload, isText: opcode == 0x1)
+        case 0x0:
             guard let current = messageOpcode else {
                 return .failure(.protocolError("continuation frame without a message to continue"))
             }
-            if frame.fin { messageOpcode = nil }
-            return data(frame, isText: current == .text)
-        case .ping:
-            guard frame.fin else { return .failure(.protocolError("fragmented control frame")) }
-            guard frame.data.readableBytes <= 125 else { return .failure(.protocolError("control frame over 125 bytes")) }
-            return .success(.ping(frame.data))
-        case .pong:
-            guard frame.fin else { return .failure(.protocolError("fragmented control frame")) }
-            guard frame.data.readableBytes <= 125 else { return .failure(.protocolError("control frame over 125 bytes")) }
-            return .success(.pong)
-        case .connectionClose:
-            guard frame.fin else { return .failure(.protocolError("fragmented control frame")) }
-            return Self.parseClose(frame.data)
+            if header.fin { messageOpcode = nil }
+            return data(header, payload, isText: current == 0x1)
+        case 0x9, 0xA, 0x8:
+            guard header.fin else { return .failure(.protocolError("fragmented control frame")) }
+            guard payload.readableBytes <= 125 else { return .failure(.protocolError("control frame over 125 bytes")) }
+            if opcode == 0x9 { return .success(.ping(payload)) }
+            if opcode == 0xA { return .success(.pong) }
+            return Self.parseClose(payload)
         default:
-            return .failure(.protocolError("reserved opcode \(UInt8(webSocketOpcode: opcode))"))
+            return .failure(.protocolError("reserved opcode \(opcode)"))
         }
     }
 
-    private mutating func data(_ frame: WebSocketFrame, isText: Bool) -> Result<InboundFrame, FrameViolation> {
-        messageBytes += frame.data.readableBytes
+    private mutating func data(_ header: FrameHeader, _ payload: ByteBuffer, isText: Bool) -> Result<InboundFrame, FrameViolation> {
+        messageBytes += payload.readableBytes
         if messageBytes > maxMessageBytes { return .failure(.messageTooBig(limit: maxMessageBytes)) }
         if isText {
-            let key = frame.maskKey?.littleEndianWord ?? 0
-            let ok = frame.data.withUnsafeReadableBytes { utf8.feed($0, maskKey: key) }
-            if !ok || (frame.fin && !utf8.isComplete) { return .failure(.invalidUTF8) }
+            let key = header.maskKey ?? 0
+            let ok = payload.withUnsafeReadableBytes { utf8.feed($0, maskKey: key) }
+            if !ok || (header.fin && !utf8.isComplete) { return .failure(.invalidUTF8) }
         }
-        return .success(.data(frame))
+        return .success(.data)
     }
 
     /// Parses an (unmasked) close payload: empty, or a valid code plus a UTF-8 reason.

@@ -31,7 +31,11 @@ extension ByteBuffer {
     /// XORs the readable bytes with a WebSocket masking key in place.
     /// Masking and unmasking are the same operation.
     mutating func applyWebSocketMask(_ key: WebSocketMaskingKey) {
-        let word = key.littleEndianWord
+        applyWebSocketMask(word: key.littleEndianWord)
+    }
+
+    /// Same, with the key packed as `WebSocketMaskingKey.littleEndianWord`.
+    mutating func applyWebSocketMask(word: UInt32) {
         self.withUnsafeMutableReadableBytes { bytes in
             guard let base = bytes.baseAddress else { return }
             xorWithMask(from: base, to: base, count: bytes.count, key: word)
@@ -60,35 +64,53 @@ extension WebSocketMaskingKey {
     }
 }
 
-/// Serializes frames the way a WebSocket *client* must send them (masked),
-/// writing header and payload into one buffer in a single pass.
+/// Writes WebSocket frames: header and payload into one buffer, in one pass.
 ///
 /// This is the relay's client → upstream hot path. A client's payload arrives
 /// masked with the client's key; it is copied out re-masked with a fresh key
 /// in the same pass (XOR with `clientKey ^ newKey`), so the gateway never
-/// reuses the client's key toward the upstream, never unmasks into a
-/// temporary, and allocates exactly one buffer per frame. (NIO's encoder
-/// would unmask-copy, mask-copy and add a header buffer.)
+/// reuses the client's key toward the upstream and never unmasks into a
+/// temporary. Toward a client (no new key) the same pass unmasks.
+enum FrameWriter {
+    /// Header bytes for a payload of `length` bytes.
+    @inline(__always)
+    static func headerLength(payload length: Int, masked: Bool) -> Int {
+        (length < 126 ? 2 : (length <= 0xFFFF ? 4 : 10)) + (masked ? 4 : 0)
+    }
+
+    /// Appends one frame to `out`. `payloadKey` is the key the payload is
+    /// masked with now (0: plain), `newKey` the key to mask it with on the
+    /// wire (nil: unmasked frame). Keys are packed as `littleEndianWord`.
+    @inline(__always)
+    static func append(to out: inout ByteBuffer, firstByte: UInt8, payload: ByteBuffer, payloadKey: UInt32, newKey: UInt32?) {
+        let length = payload.readableBytes
+        let maskBit: UInt8 = newKey == nil ? 0 : 0x80
+        out.writeInteger(firstByte)
+        if length < 126 {
+            out.writeInteger(maskBit | UInt8(length))
+        } else if length <= 0xFFFF {
+            out.writeInteger(maskBit | 126)
+            out.writeInteger(UInt16(length))
+        } else {
+            out.writeInteger(maskBit | 127)
+            out.writeInteger(UInt64(length))
+        }
+        if let newKey { out.writeInteger(newKey, endianness: .little) }
+        out.writeMasked(payload, key: payloadKey ^ (newKey ?? 0))
+    }
+}
+
+/// One frame in a buffer of its own (control frames, and tests).
 enum MaskedFrameWriter {
     static func serialize(
         fin: Bool, opcode: WebSocketOpcode, payload: ByteBuffer, payloadMaskedWith payloadKey: WebSocketMaskingKey?,
-        newKey: WebSocketMaskingKey, allocator: ByteBufferAllocator
+        newKey: WebSocketMaskingKey?, allocator: ByteBufferAllocator
     ) -> ByteBuffer {
         let length = payload.readableBytes
-        let lengthBytes = length < 126 ? 0 : (length <= 0xFFFF ? 2 : 8)
-        var out = allocator.buffer(capacity: 2 + lengthBytes + 4 + length)
-        out.writeInteger(UInt8(fin ? 0x80 : 0) | UInt8(webSocketOpcode: opcode))
-        switch lengthBytes {
-        case 0: out.writeInteger(UInt8(0x80) | UInt8(length))
-        case 2:
-            out.writeInteger(UInt8(0x80 | 126))
-            out.writeInteger(UInt16(length))
-        default:
-            out.writeInteger(UInt8(0x80 | 127))
-            out.writeInteger(UInt64(length))
-        }
-        out.writeBytes(newKey)
-        out.writeMasked(payload, key: newKey.littleEndianWord ^ (payloadKey?.littleEndianWord ?? 0))
+        var out = allocator.buffer(capacity: FrameWriter.headerLength(payload: length, masked: newKey != nil) + length)
+        FrameWriter.append(
+            to: &out, firstByte: UInt8(fin ? 0x80 : 0) | UInt8(webSocketOpcode: opcode), payload: payload,
+            payloadKey: payloadKey?.littleEndianWord ?? 0, newKey: newKey?.littleEndianWord)
         return out
     }
 }
@@ -101,6 +123,12 @@ struct MaskingKeySource {
     private var next = 256
 
     mutating func nextKey() -> WebSocketMaskingKey {
+        let word = nextWord()
+        return [UInt8(truncatingIfNeeded: word), UInt8(truncatingIfNeeded: word >> 8), UInt8(truncatingIfNeeded: word >> 16), UInt8(truncatingIfNeeded: word >> 24)]
+    }
+
+    /// The next key packed as `WebSocketMaskingKey.littleEndianWord`.
+    mutating func nextWord() -> UInt32 {
         if next + 4 > pool.count {
             pool.withUnsafeMutableBytes { raw in
                 #if os(Linux)
@@ -113,6 +141,6 @@ struct MaskingKeySource {
             next = 0
         }
         defer { next += 4 }
-        return WebSocketMaskingKey(pool[next..<next + 4])!
+        return pool.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: next, as: UInt32.self)) }
     }
 }

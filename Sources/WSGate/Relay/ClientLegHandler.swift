@@ -2,19 +2,27 @@ import NIOCore
 import NIOPosix
 import NIOWebSocket
 
-/// The client side of a Session: validates the client's frames as an RFC 6455
-/// server endpoint, answers pings, and holds reads while the upstream cannot
-/// take more (the GlueHandler pattern from SwiftNIO's examples).
+/// The client side of a Session: frames the client's byte stream, validates
+/// it as an RFC 6455 server endpoint, answers pings, and holds reads while
+/// the upstream cannot take more (the GlueHandler pattern from SwiftNIO's
+/// examples).
+///
+/// It sits where NIO's frame decoder was (which the upgrade removes): data
+/// frames are not turned into `WebSocketFrame` values but written straight
+/// into one buffer per read batch, re-masked for a WebSocket upstream or
+/// unmasked for the built-in echo, in the same pass that copies them.
 ///
 /// It never decides how a connection ends: violations, closes and EOF are
 /// reported to the Session, which tells it what to send.
 final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = WebSocketFrame
-    typealias OutboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     private let session: Session
+    private var reader: FrameReader
     private var validator: FrameValidator
+    private var maskingKeys = MaskingKeySource()
     private var context: ChannelHandlerContext?
     /// A `read()` was held back because the upstream was not writable.
     private var readHeld = false
@@ -26,6 +34,7 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     init(session: Session, maxMessageBytes: Int) {
         self.session = session
+        self.reader = FrameReader(maxFrameBytes: maxMessageBytes)
         self.validator = FrameValidator(role: .fromClient, maxMessageBytes: maxMessageBytes)
     }
 
@@ -41,26 +50,53 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !inputDone else { return }
-        var frame = unwrapInboundIn(data)
-        switch validator.validate(&frame) {
-        case .success(.data(let frame)):
-            if !closeFrameSent { session.clientData(frame) }
-        case .success(.ping(let payload)):
-            guard !closeFrameSent else { return }
-            context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
-            needsFlush = true
-            session.noteActivity()
-        case .success(.pong):
-            session.noteActivity()
-        case .success(.close(let code, let reason)):
-            inputDone = true
-            session.clientClose(code: code, reason: reason)
-        case .failure(let violation):
-            // After our close frame we only wait for the client's reply, so
-            // reading goes on: its close frame completes the handshake.
-            guard !closeFrameSent else { return }
-            session.clientViolation(violation, framingBroken: false)
+        reader.append(unwrapInboundIn(data))
+        let format = session.clientFrameFormat
+        // Relayed frames of this read, serialized for the upstream.
+        var batch = RelayBatch()
+        while !inputDone {
+            switch reader.next() {
+            case .needMoreBytes:
+                batch.send(to: session)
+                return
+            case .framingError(let violation):
+                // Nothing after this frame can be parsed: stop reading frames.
+                inputDone = true
+                batch.send(to: session)
+                session.clientViolation(violation, framingBroken: true)
+            case .frame(let header, var payload, _):
+                switch validator.validate(header, payload: &payload) {
+                case .success(.data):
+                    guard !closeFrameSent else { continue }
+                    switch format {
+                    case .messages:
+                        session.clientData(DataFrame(header: header, payload: payload))
+                    case .maskedFrames:
+                        batch.append(header, payload, newKey: maskingKeys.nextWord(), remaining: reader.bufferedBytes, allocator: context.channel.allocator)
+                    case .plainFrames:
+                        batch.append(header, payload, newKey: nil, remaining: reader.bufferedBytes, allocator: context.channel.allocator)
+                    }
+                case .success(.ping(let payload)):
+                    guard !closeFrameSent else { continue }
+                    context.write(wrapOutboundOut(serialize(opcode: .pong, payload: payload, context: context)), promise: nil)
+                    needsFlush = true
+                    session.noteActivity()
+                case .success(.pong):
+                    session.noteActivity()
+                case .success(.close(let code, let reason)):
+                    inputDone = true
+                    batch.send(to: session)
+                    session.clientClose(code: code, reason: reason)
+                case .failure(let violation):
+                    // After our close frame we only wait for the client's reply, so
+                    // reading goes on: its close frame completes the handshake.
+                    guard !closeFrameSent else { continue }
+                    batch.send(to: session)
+                    session.clientViolation(violation, framingBroken: false)
+                }
+            }
         }
+        batch.send(to: session)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -77,24 +113,16 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if let error = error as? NIOWebSocketError {
-            // NIO's decoder stops decoding after these; report and stop.
-            inputDone = true
-            switch error {
-            case .invalidFrameLength:
-                session.clientViolation(.messageTooBig(limit: validator.maxMessageBytes), framingBroken: true)
-            case .fragmentedControlFrame:
-                session.clientViolation(.protocolError("fragmented control frame"), framingBroken: true)
-            case .multiByteControlFrameLength:
-                session.clientViolation(.protocolError("control frame over 125 bytes"), framingBroken: true)
-            }
-        } else if error is IOError {
+        if error is IOError {
             // I/O errors (ECONNRESET, …): NIO closes the channel next; the
             // session hears about it through the close future.
             session.noteClientError(error)
         }
-        // Anything else (e.g. NIO's decoder refusing bytes after a framing
-        // error: the client's close reply we can no longer parse) is expected.
+    }
+
+    /// An unmasked frame in a buffer of its own (pong, close, messages).
+    private func serialize(opcode: WebSocketOpcode, fin: Bool = true, payload: ByteBuffer, context: ChannelHandlerContext) -> ByteBuffer {
+        MaskedFrameWriter.serialize(fin: fin, opcode: opcode, payload: payload, payloadMaskedWith: nil, newKey: nil, allocator: context.channel.allocator)
     }
 
     // MARK: Outbound
@@ -111,9 +139,16 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     var isWritable: Bool { context?.channel.isWritable ?? false }
 
+    /// Writes frames already serialized for the client (unmasked). Not flushed.
+    func writeFrames(_ bytes: ByteBuffer) {
+        guard let context, !closeFrameSent else { return }
+        context.write(wrapOutboundOut(bytes), promise: nil)
+    }
+
+    /// Writes one message (HTTP upstream responses). Not flushed.
     func write(_ frame: WebSocketFrame) {
         guard let context, !closeFrameSent else { return }
-        context.write(wrapOutboundOut(frame), promise: nil)
+        context.write(wrapOutboundOut(serialize(opcode: frame.opcode, fin: frame.fin, payload: frame.data, context: context)), promise: nil)
     }
 
     func flush() {
@@ -139,7 +174,7 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
             payload.writeInteger(code)
             payload.writeString(reason)
         }
-        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)
+        let frame = serialize(opcode: .connectionClose, payload: payload, context: context)
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.assumeIsolated().whenComplete { result in
             if case .success = result { done(true) } else { done(false) }
@@ -172,5 +207,33 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
         provider.setSoLinger(linger(l_onoff: 1, l_linger: 0))
             .assumeIsolatedUnsafeUnchecked()
             .whenComplete { _ in channel.close(promise: nil) }
+    }
+}
+
+/// Data frames of one read batch, serialized into one buffer for the other
+/// leg: one allocation and one write per batch instead of per frame.
+struct RelayBatch {
+    private(set) var bytes: ByteBuffer?
+    private(set) var messages = 0
+    private(set) var payloadBytes = 0
+
+    /// Appends a client frame re-masked with `newKey` (nil: unmasked).
+    /// `remaining` is what the reader still holds, so that one allocation
+    /// fits every frame of the batch.
+    @inline(__always)
+    mutating func append(_ header: FrameHeader, _ payload: ByteBuffer, newKey: UInt32?, remaining: Int, allocator: ByteBufferAllocator) {
+        let length = payload.readableBytes
+        if bytes == nil {
+            bytes = allocator.buffer(capacity: header.headerLength + length + remaining)
+        }
+        FrameWriter.append(to: &bytes!, firstByte: header.firstByte, payload: payload, payloadKey: header.maskKey ?? 0, newKey: newKey)
+        if header.fin { messages += 1 }
+        payloadBytes += length
+    }
+
+    mutating func send(to session: Session) {
+        guard let out = bytes else { return }
+        session.clientFrames(out, messages: messages, payloadBytes: payloadBytes)
+        self = RelayBatch()
     }
 }

@@ -61,8 +61,9 @@ final class Session: @unchecked Sendable {
     private var clientFramingBroken = false
     private var clientErrorText: String?
 
-    /// Frames the upstream sent before the client leg was attached.
-    private var earlyUpstreamFrames: [WebSocketFrame] = []
+    /// Frames the upstream sent before the client leg was attached (with
+    /// the 101 that upgraded the upstream connection).
+    private var earlyUpstreamFrames: [(bytes: ByteBuffer, messages: Int, payloadBytes: Int)] = []
 
     // Counters for the log line.
     private var messagesIn: UInt64 = 0
@@ -133,7 +134,7 @@ final class Session: @unchecked Sendable {
             return
         }
         phase = .relaying
-        for frame in earlyUpstreamFrames { upstreamReceived(frame) }
+        for early in earlyUpstreamFrames { upstreamFrames(early.bytes, messages: early.messages, payloadBytes: early.payloadBytes) }
         earlyUpstreamFrames = []
         client?.flush()
         upstream?.startRelaying()
@@ -163,11 +164,23 @@ final class Session: @unchecked Sendable {
         }
     }
 
-    func clientData(_ frame: WebSocketFrame) {
+    /// How the client leg hands data frames over: what the upstream takes.
+    var clientFrameFormat: ClientFrameFormat { upstream?.clientFrameFormat ?? .messages }
+
+    /// One client data frame, for upstreams that take messages.
+    func clientData(_ frame: DataFrame) {
         guard phase == .relaying else { return }  // after a decision, data is dropped
-        bytesIn &+= UInt64(frame.data.readableBytes)
+        bytesIn &+= UInt64(frame.payload.readableBytes)
         if frame.fin { messagesIn &+= 1 }
         upstream?.send(frame)
+    }
+
+    /// Client data frames of one read, serialized in `clientFrameFormat`.
+    func clientFrames(_ bytes: ByteBuffer, messages: Int, payloadBytes: Int) {
+        guard phase == .relaying else { return }  // after a decision, data is dropped
+        bytesIn &+= UInt64(payloadBytes)
+        messagesIn &+= UInt64(messages)
+        upstream?.sendFrames(bytes, messages: messages, payloadBytes: payloadBytes)
     }
 
     func clientReadComplete() {
@@ -257,10 +270,25 @@ final class Session: @unchecked Sendable {
 
     // MARK: - Events from the upstream leg
 
+    /// Upstream data frames of one read, already serialized for the client.
+    func upstreamFrames(_ bytes: ByteBuffer, messages: Int, payloadBytes: Int) {
+        switch phase {
+        case .connectingUpstream:
+            earlyUpstreamFrames.append((bytes, messages, payloadBytes))
+        case .relaying:
+            bytesOut &+= UInt64(payloadBytes)
+            messagesOut &+= UInt64(messages)
+            client?.writeFrames(bytes)
+        case .closing, .closed:
+            break
+        }
+    }
+
+    /// One message from an upstream that produces messages (HTTP).
     func upstreamReceived(_ frame: WebSocketFrame) {
         switch phase {
         case .connectingUpstream:
-            earlyUpstreamFrames.append(frame)
+            break  // such upstreams answer only what the client sent
         case .relaying:
             bytesOut &+= UInt64(frame.data.readableBytes)
             if frame.fin { messagesOut &+= 1 }

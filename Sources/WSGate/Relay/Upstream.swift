@@ -14,8 +14,16 @@ protocol UpstreamLeg: AnyObject {
     /// Called once the client's 101 has gone out: the leg may start reading.
     func startRelaying()
 
-    /// Relays one validated, unmasked data frame from the client. Not flushed.
-    func send(_ frame: WebSocketFrame)
+    /// How this upstream wants the client's data frames.
+    var clientFrameFormat: ClientFrameFormat { get }
+
+    /// Relays one validated client data frame (`.messages`). Not flushed.
+    func send(_ frame: DataFrame)
+
+    /// Relays validated client data frames already serialized in
+    /// `clientFrameFormat` (`.maskedFrames`, `.plainFrames`): `messages`
+    /// complete messages, `payloadBytes` bytes of payload. Not flushed.
+    func sendFrames(_ bytes: ByteBuffer, messages: Int, payloadBytes: Int)
 
     /// Flushes what `send` wrote (once per client read batch).
     func flush()
@@ -42,6 +50,33 @@ protocol UpstreamLeg: AnyObject {
 
 extension UpstreamLeg {
     func connectionFinished(_ event: CloseEvent) {}
+}
+
+/// The form in which the client leg hands over the client's data frames.
+enum ClientFrameFormat {
+    /// Frames masked with fresh keys, ready for a WebSocket upstream.
+    case maskedFrames
+    /// Unmasked frames, ready to go back to the client (the built-in echo).
+    case plainFrames
+    /// One `DataFrame` per frame, for upstreams that build messages (HTTP).
+    case messages
+}
+
+/// A validated data frame from the client, as received: the payload is
+/// still masked with `maskKey` (0: not masked).
+struct DataFrame {
+    var fin: Bool
+    /// 0x0 continuation, 0x1 text, 0x2 binary.
+    var opcodeBits: UInt8
+    var payload: ByteBuffer
+    var maskKey: UInt32
+
+    init(header: FrameHeader, payload: ByteBuffer) {
+        self.fin = header.fin
+        self.opcodeBits = header.opcodeBits
+        self.payload = payload
+        self.maskKey = header.maskKey ?? 0
+    }
 }
 
 /// Why an upstream could not be used or stopped working, already classified

@@ -82,7 +82,8 @@ final class ClientConnection: @unchecked Sendable {
         }
     }
 
-    /// NIO's `upgradePipelineHandler`: the 101 is out, the frame codec is in.
+    /// NIO's `upgradePipelineHandler`: the 101 is out; the leg handler
+    /// replaces NIO's frame decoder.
     func upgraded(channel: Channel) -> EventLoopFuture<Void> {
         channel.eventLoop.makeCompletedFuture { [self] in
             guard let session = self.session else { throw ChannelError.inappropriateOperationForState }
@@ -90,8 +91,14 @@ final class ClientConnection: @unchecked Sendable {
             // it must go before the first frame arrives.
             let reject = try channel.pipeline.syncOperations.handler(type: RejectHandler.self)
             channel.pipeline.syncOperations.removeHandler(reject, promise: nil)
+            // NIO's frame decoder makes way for the leg handler, which frames
+            // the stream itself; it goes before NIO's frame encoder (which
+            // cannot be removed and stays unused) and writes bytes.
+            let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
+            channel.pipeline.syncOperations.removeHandler(decoder, promise: nil)
+            let encoder = try channel.pipeline.syncOperations.handler(type: WebSocketFrameEncoder.self)
             let handler = ClientLegHandler(session: session, maxMessageBytes: self.gateway.settings.maxMessageBytes)
-            try channel.pipeline.syncOperations.addHandler(handler)
+            try channel.pipeline.syncOperations.addHandler(handler, position: .before(encoder))
             session.clientAttached(handler)
         }
     }

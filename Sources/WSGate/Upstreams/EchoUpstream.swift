@@ -20,14 +20,16 @@ final class EchoUpstream: UpstreamLeg {
 
     func startRelaying() {}
 
-    func send(_ frame: WebSocketFrame) {
-        var frame = frame
-        if let key = frame.maskKey {
-            // Toward the client frames must not be masked: unmask (one copy).
-            frame.data.applyWebSocketMask(key)
-            frame.maskKey = nil
-        }
-        session?.upstreamReceived(frame)
+    /// The client leg unmasks the frames while copying them out: they go
+    /// back as they are.
+    var clientFrameFormat: ClientFrameFormat { .plainFrames }
+
+    func send(_ frame: DataFrame) {
+        assertionFailure("the echo upstream takes plain frames")
+    }
+
+    func sendFrames(_ bytes: ByteBuffer, messages: Int, payloadBytes: Int) {
+        session?.upstreamFrames(bytes, messages: messages, payloadBytes: payloadBytes)
     }
 
     func flush() {

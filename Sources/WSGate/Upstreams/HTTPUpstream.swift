@@ -104,13 +104,19 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
 
     // MARK: Messages
 
-    func send(_ frame: WebSocketFrame) {
+    var clientFrameFormat: ClientFrameFormat { .messages }
+
+    func sendFrames(_ bytes: ByteBuffer, messages: Int, payloadBytes: Int) {
+        assertionFailure("an HTTP upstream takes messages")
+    }
+
+    func send(_ frame: DataFrame) {
         guard !ended else { return }
-        if frame.opcode == .text || frame.opcode == .binary {
-            messageIsText = frame.opcode == .text
-            message = allocator.buffer(capacity: frame.data.readableBytes)
+        if frame.opcodeBits != 0 {  // text or binary: a new message
+            messageIsText = frame.opcodeBits == 0x1
+            message = allocator.buffer(capacity: frame.payload.readableBytes)
         }
-        message?.writeMasked(frame.data, key: frame.maskKey?.littleEndianWord ?? 0)  // unmasks
+        message?.writeMasked(frame.payload, key: frame.maskKey)  // unmasks
         if frame.fin, let body = message {
             message = nil
             submit(body, isText: messageIsText)

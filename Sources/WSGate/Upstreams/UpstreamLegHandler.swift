@@ -1,20 +1,22 @@
 import NIOCore
 import NIOWebSocket
 
-/// The frame handler on an upstream WebSocket channel: validates the
-/// server's frames, answers pings, holds reads while the client is not
-/// writable, and reports everything else to its `WebSocketUpstream`.
+/// The frame handler on an upstream WebSocket channel: frames the server's
+/// byte stream, validates it, answers pings, holds reads while the client is
+/// not writable, and reports everything else to its `WebSocketUpstream`.
 ///
-/// Outbound it serializes frames itself with `MaskedFrameWriter` and writes
-/// the bytes through a `RawFrameOutlet` before the frame encoder, bypassing NIO's
-/// `WebSocketFrameEncoder`: relayed client payloads are re-masked in the same
-/// pass that copies them out.
+/// It sits where NIO's frame decoder was (removed at the upgrade) and writes
+/// bytes, not `WebSocketFrame`s. A server's data frames are exactly what the
+/// client must receive (unmasked), so after validation the bytes of each run
+/// of consecutive data frames go to the client as one slice of the read
+/// buffer: no copy, no allocation, one write per read batch.
 final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = WebSocketFrame
-    typealias OutboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     private let leg: WebSocketUpstream
+    private var reader: FrameReader
     private var validator: FrameValidator
     private var context: ChannelHandlerContext?
     private var readHeld = false
@@ -23,11 +25,9 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var closeSent = false
     private var maskingKeys = MaskingKeySource()
 
-    private let outlet: RawFrameOutlet
-
-    init(leg: WebSocketUpstream, outlet: RawFrameOutlet, maxMessageBytes: Int) {
+    init(leg: WebSocketUpstream, maxMessageBytes: Int) {
         self.leg = leg
-        self.outlet = outlet
+        self.reader = FrameReader(maxFrameBytes: maxMessageBytes)
         self.validator = FrameValidator(role: .fromServer, maxMessageBytes: maxMessageBytes)
     }
 
@@ -41,23 +41,43 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !inputDone else { return }
-        var frame = unwrapInboundIn(data)
-        switch validator.validate(&frame) {
-        case .success(.data(let frame)):
-            leg.received(frame)
-        case .success(.ping(let payload)):
-            guard !closeSent else { return }
-            outlet.write(serialize(fin: true, opcode: .pong, payload: payload, maskedWith: nil, context: context))
-            needsFlush = true
-        case .success(.pong):
-            break
-        case .success(.close(let code, let reason)):
-            inputDone = true
-            leg.peerClosed(code: code, reason: reason)
-        case .failure(let violation):
-            inputDone = true
-            leg.violation(violation, framingBroken: false)
+        reader.append(unwrapInboundIn(data))
+        // Reader indices below refer to this buffer (nothing is appended
+        // until the next read).
+        guard let source = reader.bytes else { return }
+        var run = FrameRun()
+        while !inputDone {
+            switch reader.next() {
+            case .needMoreBytes:
+                run.send(from: source, to: leg)
+                return
+            case .framingError(let violation):
+                inputDone = true
+                run.send(from: source, to: leg)
+                leg.violation(violation, framingBroken: true)
+            case .frame(let header, var payload, let start):
+                switch validator.validate(header, payload: &payload) {
+                case .success(.data):
+                    run.add(start: start, end: start + header.headerLength + payload.readableBytes, fin: header.fin, payloadBytes: payload.readableBytes)
+                case .success(.ping(let payload)):
+                    run.send(from: source, to: leg)
+                    guard !closeSent else { continue }
+                    context.write(wrapOutboundOut(serialize(opcode: .pong, payload: payload, context: context)), promise: nil)
+                    needsFlush = true
+                case .success(.pong):
+                    run.send(from: source, to: leg)
+                case .success(.close(let code, let reason)):
+                    inputDone = true
+                    run.send(from: source, to: leg)
+                    leg.peerClosed(code: code, reason: reason)
+                case .failure(let violation):
+                    inputDone = true
+                    run.send(from: source, to: leg)
+                    leg.violation(violation, framingBroken: false)
+                }
+            }
         }
+        run.send(from: source, to: leg)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -74,19 +94,7 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if let error = error as? NIOWebSocketError {
-            inputDone = true
-            switch error {
-            case .invalidFrameLength:
-                leg.violation(.messageTooBig(limit: validator.maxMessageBytes), framingBroken: true)
-            case .fragmentedControlFrame:
-                leg.violation(.protocolError("fragmented control frame"), framingBroken: true)
-            case .multiByteControlFrameLength:
-                leg.violation(.protocolError("control frame over 125 bytes"), framingBroken: true)
-            }
-        } else {
-            leg.noteIOError(error)
-        }
+        leg.noteIOError(error)
     }
 
     func read(context: ChannelHandlerContext) {
@@ -99,18 +107,17 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Called by the leg
 
-    private func serialize(fin: Bool, opcode: WebSocketOpcode, payload: ByteBuffer, maskedWith: WebSocketMaskingKey?, context: ChannelHandlerContext) -> ByteBuffer {
+    /// A control frame masked with a fresh key, in a buffer of its own.
+    private func serialize(opcode: WebSocketOpcode, payload: ByteBuffer, context: ChannelHandlerContext) -> ByteBuffer {
         MaskedFrameWriter.serialize(
-            fin: fin, opcode: opcode, payload: payload, payloadMaskedWith: maskedWith,
+            fin: true, opcode: opcode, payload: payload, payloadMaskedWith: nil,
             newKey: maskingKeys.nextKey(), allocator: context.channel.allocator)
     }
 
-    /// Relays a client data frame (payload as received, masked with the
-    /// client's key if `frame.maskKey` is set). Not flushed.
-    func write(_ frame: WebSocketFrame) {
+    /// Relays client data frames, already masked with fresh keys. Not flushed.
+    func writeFrames(_ bytes: ByteBuffer) {
         guard !closeSent, let context else { return }
-        let bytes = serialize(fin: frame.fin, opcode: frame.opcode, payload: frame.data, maskedWith: frame.maskKey, context: context)
-        outlet.write(bytes)
+        context.write(wrapOutboundOut(bytes), promise: nil)
     }
 
     func flush() {
@@ -136,40 +143,33 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
             payload.writeInteger(code)
             payload.writeString(CloseReason.truncate(reason))
         }
-        let frame = serialize(fin: true, opcode: .connectionClose, payload: payload, maskedWith: nil, context: context)
+        let frame = serialize(opcode: .connectionClose, payload: payload, context: context)
         let channel = context.channel
-        outlet.writeAndFlush(frame, on: context.eventLoop).assumeIsolated().whenComplete { _ in
+        context.writeAndFlush(wrapOutboundOut(frame)).assumeIsolated().whenComplete { _ in
             if thenCloseTCP { channel.close(promise: nil) }
         }
         if readHeld { resumeReading() }
     }
 }
 
-/// An outbound handler placed just before NIO's `WebSocketFrameEncoder`:
-/// writing through its context sends already-serialized frame bytes toward
-/// the socket (and through TLS, if any) without passing the encoder.
-final class RawFrameOutlet: ChannelOutboundHandler, RemovableChannelHandler {
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+/// A run of consecutive data frames in one read buffer, sent on as one slice.
+struct FrameRun {
+    private var start = -1
+    private var end = 0
+    private var messages = 0
+    private var payloadBytes = 0
 
-    private var context: ChannelHandlerContext?
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
+    @inline(__always)
+    mutating func add(start frameStart: Int, end frameEnd: Int, fin: Bool, payloadBytes bytes: Int) {
+        if start < 0 { start = frameStart }
+        end = frameEnd
+        if fin { messages += 1 }
+        payloadBytes += bytes
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
-        self.context = nil
-    }
-
-    func write(_ bytes: ByteBuffer) {
-        context?.write(wrapOutboundOut(bytes), promise: nil)
-    }
-
-    func writeAndFlush(_ bytes: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<Void> {
-        guard let context else {
-            return eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
-        }
-        return context.writeAndFlush(wrapOutboundOut(bytes))
+    mutating func send(from source: ByteBuffer, to leg: WebSocketUpstream) {
+        guard start >= 0 else { return }
+        leg.received(source.getSlice(at: start, length: end - start)!, messages: messages, payloadBytes: payloadBytes)
+        self = FrameRun()
     }
 }

@@ -119,15 +119,14 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
             if let chosen, !self.offeredProtocols.contains(chosen) {
                 throw UpstreamFailure(.upstreamProtocolError, error: "upstream chose subprotocol \(chosen) that the client did not offer")
             }
-            // The leg handler serializes its own (masked) frames and writes
-            // them through an outlet placed just before NIO's frame encoder
-            // (which cannot be removed): past the encoder, but still through
-            // TLS when there is TLS.
-            let outlet = RawFrameOutlet()
+            // NIO's frame decoder makes way for the leg handler, which frames
+            // the stream itself; it goes before NIO's frame encoder (which
+            // cannot be removed and stays unused) and writes bytes.
+            let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
+            channel.pipeline.syncOperations.removeHandler(decoder, promise: nil)
             let encoder = try channel.pipeline.syncOperations.handler(type: WebSocketFrameEncoder.self)
-            try channel.pipeline.syncOperations.addHandler(outlet, position: .before(encoder))
-            let handler = UpstreamLegHandler(leg: self, outlet: outlet, maxMessageBytes: self.settings.maxMessageBytes)
-            try channel.pipeline.syncOperations.addHandler(handler)
+            let handler = UpstreamLegHandler(leg: self, maxMessageBytes: self.settings.maxMessageBytes)
+            try channel.pipeline.syncOperations.addHandler(handler, position: .before(encoder))
             self.handler = handler
             if let handshake = try? channel.pipeline.syncOperations.handler(type: UpstreamHandshakeHandler.self) {
                 channel.pipeline.syncOperations.removeHandler(handshake, promise: nil)
@@ -188,9 +187,17 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         handler?.resumeReading()
     }
 
-    func send(_ frame: WebSocketFrame) {
+    /// The client leg masks the frames with fresh keys while copying them
+    /// out of its read buffer: they go on as they are.
+    var clientFrameFormat: ClientFrameFormat { .maskedFrames }
+
+    func send(_ frame: DataFrame) {
+        assertionFailure("a WebSocket upstream takes masked frames")
+    }
+
+    func sendFrames(_ bytes: ByteBuffer, messages: Int, payloadBytes: Int) {
         guard case .open = state, let handler else { return }
-        handler.write(frame)
+        handler.writeFrames(bytes)
     }
 
     func flush() {
@@ -249,9 +256,10 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
 
     var mayRead: Bool { session?.mayReadUpstream ?? true }
 
-    func received(_ frame: WebSocketFrame) {
+    /// Validated data frames from the server, as they go to the client.
+    func received(_ bytes: ByteBuffer, messages: Int, payloadBytes: Int) {
         guard case .open = state else { return }
-        session?.upstreamReceived(frame)
+        session?.upstreamFrames(bytes, messages: messages, payloadBytes: payloadBytes)
     }
 
     func readComplete() {
@@ -280,7 +288,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
     }
 
     /// The upstream broke the protocol; `framingBroken` when NIO's decoder
-    /// can no longer parse its stream.
+    /// can no longer be parsed.
     func violation(_ violation: FrameViolation, framingBroken: Bool) {
         guard case .open(let channel) = state else {
             if case .closing(let channel) = state, framingBroken { channel.close(promise: nil) }
