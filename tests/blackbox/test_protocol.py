@@ -232,3 +232,48 @@ def test_unsolicited_pong_is_ignored(gateway):
         return op, data
 
     assert run(main()) == (OP_TEXT, b"next")
+
+
+@pytest.mark.parametrize("path", PROTOCOL_ROUTES)
+@pytest.mark.parametrize("delivery", ["one_write", "byte_by_byte"])
+def test_frames_however_tcp_splits_them(gateway, path, delivery):
+    """The gateway frames the byte stream itself: many frames in one segment,
+    a frame split at every byte, and a ping between the fragments of a message
+    must all come out as the same messages, in order, with the ping answered."""
+    frames = [frame(OP_TEXT, b"first"), frame(OP_BINARY, bytes(range(200)))]
+    frames += [frame(OP_TEXT, b"frag-", fin=False), frame(OP_PING, b"mid"), frame(OP_CONT, "\u20ac".encode(), fin=False)]
+    frames += [frame(OP_CONT, b"-end"), frame(OP_BINARY, b"\x00" * 70000), frame(OP_TEXT, b"")]
+    wire = b"".join(frames)
+    expected = [(OP_TEXT, b"first"), (OP_BINARY, bytes(range(200))), (OP_TEXT, "frag-\u20ac-end".encode()),
+                (OP_BINARY, b"\x00" * 70000), (OP_TEXT, b"")]
+
+    async def main():
+        ws = await rawws.RawWS.connect(gateway.port, path)
+        if delivery == "one_write":
+            ws.send(wire)
+            await ws.drain()
+        else:
+            for i in range(0, 400):  # the first frames byte by byte, the rest at once
+                ws.send(wire[i:i + 1])
+                await ws.drain()
+            ws.send(wire[400:])
+            await ws.drain()
+        got, controls = [], []
+        for _ in expected:
+            opcode, data, seen = await ws.read_message(timeout=10)
+            got.append((opcode, data))
+            controls += seen
+        await ws.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+        res = await ws.expect_close(timeout=5, reply=False)
+        ws.close_tcp()
+        return ws.local_addr, got, controls, res
+
+    addr, got, controls, res = run(main())
+    assert got == expected
+    assert [(f.opcode, f.payload) for f in controls] == [(OP_PONG, b"mid")]
+    assert res.code == 1000
+    ev = gateway.close_event(addr)
+    assert ev["cause"] == "client_closed" and ev["was_clean"] is True
+    assert (ev["messages_in"], ev["messages_out"]) == (5, 5)
+    n = sum(len(d) for _, d in expected)
+    assert (ev["bytes_in"], ev["bytes_out"]) == (n, n)
