@@ -1,17 +1,29 @@
 #!/usr/bin/env python3
-"""wsgate benchmarks. Not a test: prints figures and (with --write) updates
-docs/benchmarks.md.
+"""wsgate benchmarks against nginx and HAProxy, in one run. Not a test: no
+timing assertions; it prints figures and, with --write, regenerates
+docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks.svg.
 
-Scenario `ws-http` (WS -> HTTP upstream): 64 client connections send 1 KiB
-messages through an `http://` route to nginx serving a fixed 200, measured
-with wsgate-bench; in the same run `wrk` POSTs 1 KiB bodies to the same nginx
-directly, which is the ceiling.
+    python3 benchmarks/run.py [--scenarios a,b,c,d,e,cap] [--reps N] [--messages M]
+                              [--smoke] [--write] [--build-dir DIR]
 
-Scenario `relay`: wsgate-bench against the fast echo upstream directly and
-through a `ws://` route, 50 connections x 1 KiB, in-flight 1.
+Targets: direct (client -> echo), wsgate (ws:// route), nginx (proxy_pass with
+the Upgrade/Connection map, worker_processes 1), haproxy (mode http, nbthread 1).
+The client and the echo upstream are `wsgate-bench load` / `echo-server`.
 
-Everything binds to 127.0.0.1 and every process started here is stopped by
-its PID.
+Scenarios:
+  a  1 connection, 64 B, 1 in flight (ping-pong), M messages
+  b  50 connections x 1 KiB, 1 in flight each, M messages
+  c  50 connections x 64 KiB, 1 in flight each, M/5 messages (nginx: proxy_buffer_size 64k)
+  d  RSS per idle proxied connection at K = 1000 and 5000 (fresh proxy per K and rep)
+  e  WS -> HTTP: 64 connections x 1 KiB through an http:// route of wsgate to the
+     echo's HTTP echo, next to `wrk -t1 -c64` POSTing 1 KiB to it directly (ceiling)
+  cap  wsgate holds 9,000 concurrent proxied idle connections
+
+Targets are interleaved rep by rep (each rep runs direct, wsgate, nginx, haproxy
+in turn); figures are the median with min-max over the reps. Proxy CPU is
+utime+stime from /proc/PID/stat summed over all the proxy's processes, as a
+delta over the measured run. Everything binds to 127.0.0.1; every process
+started here is stopped by its PID (SIGTERM, then SIGKILL); every wait is bounded.
 """
 from __future__ import annotations
 
@@ -19,19 +31,44 @@ import argparse
 import json
 import os
 import platform
+import queue
 import re
+import resource
+import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RELEASE = REPO / ".build" / "release"
+DOCS = REPO / "docs"
+TARGETS = ["direct", "wsgate", "nginx", "haproxy"]
+PROXIES = ["wsgate", "nginx", "haproxy"]
+ALL_SCENARIOS = ["a", "b", "c", "d", "e", "cap"]
+LOAD_SCENARIOS = {
+    "a": {"title": "1 connection × 64 B, ping-pong", "connections": 1, "size": 64, "in_flight": 1, "messages_factor": 1.0},
+    "b": {"title": "50 connections × 1 KiB, 1 in flight each", "connections": 50, "size": 1024, "in_flight": 1, "messages_factor": 1.0},
+    "c": {"title": "50 connections × 64 KiB, 1 in flight each", "connections": 50, "size": 65536, "in_flight": 1, "messages_factor": 0.2},
+}
+COLORS = {"direct": "#9e9e9e", "wsgate": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class BenchFailure(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- processes
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -39,221 +76,913 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Proc:
-    def __init__(self, argv, stdout=subprocess.PIPE, **kw):
-        self.p = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, **kw)
+def proc_stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
 
-    def wait_line(self, pattern: str, timeout=20.0) -> str:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            line = self.p.stdout.readline().decode(errors="replace")
-            if not line and self.p.poll() is not None:
-                break
+
+def children_of(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = proc_stat(int(entry))
+            if st and int(st[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if proc_stat(p) is None:
+            continue
+        tree.append(p)
+        todo += children_of(p)
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> dict[int, float]:
+    """utime+stime per process of the tree (threads included), keyed by PID."""
+    out = {}
+    for p in process_tree(pid):
+        st = proc_stat(p)
+        if st:
+            out[p] = (int(st[11]) + int(st[12])) / CLK_TCK
+    return out
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(v - before.get(p, 0.0) for p, v in after.items())
+
+
+def tree_rss_kb(pid: int) -> int:
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Proc:
+    """A child process whose output (stdout+stderr) goes to a log file and a
+    line queue, read by a thread, so waiting for a line is bounded."""
+
+    live: list["Proc"] = []
+    started = 0
+
+    def __init__(self, name: str, argv: list[str], logdir: Path, stdin: bool = False):
+        Proc.started += 1
+        self.name = name
+        self.log_path = logdir / f"{name}.{Proc.started}.log"
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, cwd=logdir)
+        Proc.live.append(self)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def _read(self) -> None:
+        with open(self.log_path, "w") as out:
+            for raw in self.p.stdout:
+                line = raw.decode(errors="replace")
+                out.write(line)
+                out.flush()
+                self.lines.put(line)
+
+    def tail(self, n: int = 15) -> str:
+        try:
+            return "".join(self.log_path.read_text(errors="replace").splitlines(keepends=True)[-n:])
+        except OSError:
+            return ""
+
+    def wait_line(self, pattern: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchFailure(f"{self.name}: timed out after {timeout:.0f} s waiting for {pattern!r}\n{self.tail()}")
+            try:
+                line = self.lines.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                if self.p.poll() is not None and self.lines.empty():
+                    self.reader.join(1)
+                    if self.lines.empty():
+                        raise BenchFailure(f"{self.name}: exited ({self.p.returncode}) before printing {pattern!r}\n{self.tail()}")
+                continue
             if re.search(pattern, line):
                 return line
-        raise RuntimeError(f"timed out waiting for {pattern!r} from {self.p.args}")
 
-    def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.p.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+    def send(self, text: str) -> None:
+        self.p.stdin.write(text.encode())
+        self.p.stdin.flush()
 
-    def stop(self):
+    def close_stdin(self) -> None:
+        try:
+            self.p.stdin.close()
+        except (OSError, AttributeError):
+            pass
+
+    def wait_exit(self, timeout: float) -> bool:
+        try:
+            self.p.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM to the process, then SIGKILL; then the same for any of its
+        children (e.g. an nginx worker) that outlived it, each by PID."""
+        if self in Proc.live:
+            Proc.live.remove(self)
+        kids = [(k, (proc_stat(k) or [None] * 22)[19]) for k in process_tree(self.p.pid) if k != self.p.pid]
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
+            if not self.wait_exit(15):
                 self.p.kill()
-                self.p.wait(5)
+                self.wait_exit(5)
+        for pid, started in kids:
+            for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+                st = proc_stat(pid)
+                if st is None or st[19] != started or st[0] == "Z":
+                    break
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    break
+                deadline = time.monotonic() + grace
+                while time.monotonic() < deadline and (s := proc_stat(pid)) and s[19] == started and s[0] != "Z":
+                    time.sleep(0.05)
+        self.close_stdin()
+        self.reader.join(2)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for p in list(reversed(cls.live)):
+            try:
+                p.stop()
+            except Exception as e:  # keep stopping the others
+                log(f"stopping {p.name} (pid {p.pid}): {e}")
 
 
-def start_nginx(tmp: Path) -> tuple[Proc, int]:
-    port = free_port()
-    conf = tmp / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 1;
+def haproxy_maxconn() -> int:
+    """HAProxy refuses to start unless it can raise its FD limit to 2 x maxconn
+    + a few: 20000, or what the hard limit allows (9,900 with 20,000)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 20000 if hard == resource.RLIM_INFINITY else min(20000, (hard - 200) // 2)
+
+
+def fresh_dir(tmp: Path, name: str) -> Path:
+    i = 1
+    while (tmp / f"{name}{i}").exists():
+        i += 1
+    (tmp / f"{name}{i}").mkdir()
+    return tmp / f"{name}{i}"
+
+
+def wait_port(port: int, proc: Proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.p.poll() is not None:
+            raise BenchFailure(f"{proc.name} exited ({proc.p.returncode}) at start\n{proc.tail()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchFailure(f"{proc.name}: port {port} not accepting after {timeout:.0f} s\n{proc.tail()}")
+
+
+# ---------------------------------------------------------------- the programs under test
+
+class Bench:
+    def __init__(self, bin_dir: Path, tmp: Path, smoke: bool):
+        self.bin = bin_dir
+        self.tmp = tmp
+        self.smoke = smoke
+        self.echo: Proc | None = None
+        self.echo_port = 0
+
+    def start_echo(self) -> None:
+        self.echo = Proc("echo", [str(self.bin / "wsgate-bench"), "echo-server", "--host", "127.0.0.1", "--port", "0"], self.tmp)
+        self.echo_port = int(json.loads(self.echo.wait_line(r'"event":"listening"', 20))["port"])
+
+    def start_proxy(self, target: str) -> tuple[Proc, str, dict[str, str]]:
+        """Starts a fresh proxy in front of the echo server. Returns it, its
+        base URL and the per-scenario paths."""
+        return {"wsgate": self.start_wsgate, "nginx": self.start_nginx, "haproxy": self.start_haproxy}[target]()
+
+    def start_wsgate(self):
+        d = fresh_dir(self.tmp, "wsgate")
+        cfg = d / "wsgate.yaml"
+        cfg.write_text(f"""listen: {{host: 127.0.0.1, port: 0}}
+admin: {{host: 127.0.0.1, port: 0}}
+shutdown: {{drain_timeout_ms: 3000}}
+routes:
+  - {{path: /ws, upstream: "ws://127.0.0.1:{self.echo_port}/"}}
+  - {{path: /big, upstream: "ws://127.0.0.1:{self.echo_port}/"}}
+  - {{path: /api, upstream: "http://127.0.0.1:{self.echo_port}/"}}
+""")
+        gw = Proc("wsgate", [str(self.bin / "wsgate"), "--config", str(cfg)], d)
+        port = int(json.loads(gw.wait_line(r'"event":"listening"', 30))["port"])
+        return gw, f"ws://127.0.0.1:{port}", {"ws": "/ws", "big": "/big", "api": "/api"}
+
+    def start_nginx(self):
+        d = fresh_dir(self.tmp, "nginx")
+        os.chmod(d, 0o755)  # the worker may run as nobody
+        port = free_port()
+        conf = d / "nginx.conf"
+        conf.write_text(f"""worker_processes 1;
+worker_rlimit_nofile 20000;
 daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx.err warn;
-events {{ worker_connections 4096; }}
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 20000; }}
 http {{
   access_log off;
-  keepalive_requests 1000000;
+  client_body_temp_path {d}/client_body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
   server {{
     listen 127.0.0.1:{port};
-    location / {{ return 200 "ok"; }}
+    location / {{
+      proxy_pass http://127.0.0.1:{self.echo_port};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+    }}
+    # scenario c (64 KiB messages): 64 KiB proxy buffers
+    location /big {{
+      proxy_pass http://127.0.0.1:{self.echo_port};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+      proxy_buffer_size 64k;
+      proxy_buffers 4 64k;
+    }}
   }}
 }}
 """)
-    nginx = Proc(["nginx", "-c", str(conf), "-p", str(tmp)])
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return nginx, port
+        ng = Proc("nginx", ["nginx", "-p", str(d), "-c", str(conf)], d)
+        wait_port(port, ng, 20)
+        return ng, f"ws://127.0.0.1:{port}", {"ws": "/", "big": "/big"}
 
+    def start_haproxy(self):
+        d = fresh_dir(self.tmp, "haproxy")
+        port = free_port()
+        cfg = d / "haproxy.cfg"
+        maxconn = haproxy_maxconn()
+        cfg.write_text(f"""global
+  nbthread 1
+  maxconn {maxconn}
 
-def start_gateway(tmp: Path, routes: str) -> tuple[Proc, int]:
-    cfg = tmp / "wsgate.yaml"
-    cfg.write_text(f"""listen: {{host: 127.0.0.1, port: 0}}
-admin: {{host: 127.0.0.1, port: 0}}
-routes:
-{routes}
+defaults
+  mode http
+  maxconn {maxconn}
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend echo
+
+backend echo
+  server echo 127.0.0.1:{self.echo_port}
 """)
-    log = tmp / "wsgate.log"
-    gw = Proc([str(RELEASE / "wsgate"), "--config", str(cfg)], stdout=open(log, "wb"))
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        for line in log.read_text(errors="replace").splitlines():
-            if '"event":"listening"' in line:
-                return gw, int(json.loads(line)["port"])
-        time.sleep(0.05)
-    raise RuntimeError("wsgate did not start")
+        hp = Proc("haproxy", ["haproxy", "-f", str(cfg), "-db"], d)
+        wait_port(port, hp, 20)
+        return hp, f"ws://127.0.0.1:{port}", {"ws": "/", "big": "/"}
+
+    # ---- clients
+
+    def load(self, url: str, connections: int, size: int, in_flight: int, messages: int) -> dict:
+        timeout = 60 if self.smoke else 900
+        argv = [str(self.bin / "wsgate-bench"), "load", "--url", url, "-c", str(connections), "-w", str(in_flight),
+                "-s", str(size), "-m", str(messages), "--timeout", str(timeout - 10)]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchFailure(f"load {url}: no result within {timeout} s")
+        lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+        if not lines:  # crashed; with errors it still prints its result (and exits 1)
+            raise BenchFailure(f"load {url}: exit {out.returncode}, no result\n{out.stdout[-1500:]}{out.stderr[-1500:]}")
+        r = json.loads(lines[-1])
+        if out.returncode != 0 and not r.get("errors"):
+            raise BenchFailure(f"load {url}: exit {out.returncode}\n{out.stderr[-1500:]}")
+        return r
+
+    def idle(self, url: str, k: int) -> tuple[Proc, dict]:
+        client = Proc("idle", [str(self.bin / "wsgate-bench"), "idle", "--url", url, "-k", str(k), "--parallel", "200"],
+                      self.tmp, stdin=True)
+        try:
+            ready = json.loads(client.wait_line(r'"event":"idle_ready"', 30 if self.smoke else 300))
+        except BenchFailure:
+            client.stop()
+            raise
+        return client, ready
+
+    def idle_status(self, client: Proc) -> dict:
+        client.send("status\n")
+        return json.loads(client.wait_line(r'"event":"idle_status"', 20))
+
+    def end_idle(self, client: Proc) -> None:
+        client.close_stdin()
+        if not client.wait_exit(30):
+            log("idle client did not exit after stdin closed; stopping it")
+        client.stop()
+
+    def wrk_post(self, port: int, connections: int, seconds: int, body_size: int) -> dict:
+        script = self.tmp / "post.lua"
+        script.write_text(f'wrk.method = "POST"\nwrk.body = string.rep("a", {body_size})\n'
+                          f'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+        argv = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "-s", str(script), f"http://127.0.0.1:{port}/"]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            raise BenchFailure("wrk did not finish")
+        m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+        if not m:
+            raise BenchFailure(f"wrk: no result\n{out.stdout}{out.stderr}")
+        errors = 0
+        if e := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out.stdout):
+            errors += sum(int(x) for x in e.groups())
+        if e := re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout):
+            errors += int(e.group(1))
+        lat = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", out.stdout)
+        return {"requests_per_s": float(m.group(1)), "errors": errors, "latency_avg": lat.group(1) if lat else None}
 
 
-def bench(url: str, c: int, w: int, s: int, m: int) -> dict:
-    out = subprocess.run([str(RELEASE / "wsgate-bench"), "load", "--url", url, "-c", str(c), "-w", str(w), "-s", str(s), "-m", str(m)],
-                         capture_output=True, text=True, timeout=600)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+# ---------------------------------------------------------------- statistics
+
+def summary(xs: list[float]) -> dict | None:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def wrk_post(port: int, connections: int, seconds: int, body_size: int, tmp: Path) -> float:
-    script = tmp / "post.lua"
-    script.write_text(f'wrk.method = "POST"\nwrk.body = string.rep("a", {body_size})\nwrk.headers["Content-Type"] = "application/octet-stream"\n')
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "-s", str(script), f"http://127.0.0.1:{port}/"],
-                         capture_output=True, text=True, timeout=seconds + 60).stdout
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return float(m.group(1))
+# ---------------------------------------------------------------- scenarios
+
+class Runner:
+    def __init__(self, args, bench: Bench, targets: list[str]):
+        self.args = args
+        self.b = bench
+        self.targets = targets
+        self.proxies = [t for t in targets if t != "direct"]
+        self.problems: list[str] = []
+
+    def problem(self, msg: str) -> None:
+        log(f"PROBLEM: {msg}")
+        self.problems.append(msg)
+
+    def load_scenarios(self, names: list[str]) -> dict:
+        """a, b, c with one long-lived instance of each proxy, targets interleaved."""
+        results = {}
+        running = {}
+        try:
+            for t in self.proxies:
+                try:
+                    running[t] = self.b.start_proxy(t)
+                except BenchFailure as e:
+                    self.problem(f"{t} did not start: {e}")
+            targets = ["direct"] + [t for t in self.proxies if t in running]
+            for name in names:
+                sc = LOAD_SCENARIOS[name]
+                messages = max(sc["connections"], int(self.args.messages * sc["messages_factor"]))
+                warm = max(sc["connections"], min(messages // 10, 10_000))
+                path_key = "big" if name == "c" else "ws"
+                urls = {"direct": f"ws://127.0.0.1:{self.b.echo_port}/"}
+                for t, (_, base, paths) in running.items():
+                    urls[t] = base + paths[path_key]
+                runs = {t: [] for t in targets}
+                log(f"== scenario {name}: {sc['title']}, {messages} messages per run, {self.args.reps} rep(s)")
+                for t in targets:  # warm-up, not measured
+                    try:
+                        self.b.load(urls[t], sc["connections"], sc["size"], sc["in_flight"], warm)
+                    except BenchFailure as e:
+                        self.problem(f"{name}/{t} warm-up: {e}")
+                for rep in range(self.args.reps):
+                    for t in targets:
+                        proc = running[t][0] if t in running else None
+                        before = tree_cpu_seconds(proc.pid) if proc else None
+                        try:
+                            r = self.b.load(urls[t], sc["connections"], sc["size"], sc["in_flight"], messages)
+                        except BenchFailure as e:
+                            self.problem(f"{name}/{t} rep {rep + 1}: {e}")
+                            continue
+                        if proc:
+                            cpu = cpu_delta(before, tree_cpu_seconds(proc.pid))
+                            r["proxy_cpu_s"] = round(cpu, 3)
+                            r["proxy_cpu_s_per_100k"] = round(cpu / r["messages"] * 100_000, 4) if r["messages"] else None
+                        if r["errors"] or r["messages"] < messages - sc["connections"]:
+                            self.problem(f"{name}/{t} rep {rep + 1}: {r['errors']} error(s), {r['messages']}/{messages} messages: {r.get('error_samples')}")
+                        runs[t].append(r)
+                        log(f"   rep {rep + 1} {t:8} {r['msgs_per_s']:>10,.0f} msgs/s  p50 {us(r['p50_us']):>9}  p99 {us(r['p99_us']):>9}"
+                            + (f"  proxy CPU {r['proxy_cpu_s_per_100k']:.3f} s/100k" if r.get('proxy_cpu_s_per_100k') is not None else "")
+                            + f"  client CPU {r['client_cpu_s']} s")
+                results[name] = self.summarise_load(name, sc, messages, runs)
+        finally:
+            for t, (p, _, _) in running.items():
+                p.stop()
+        return results
+
+    def summarise_load(self, name, sc, messages, runs) -> dict:
+        out = {"title": sc["title"], "connections": sc["connections"], "size": sc["size"], "in_flight": sc["in_flight"],
+               "messages": messages, "targets": {}}
+        direct = runs.get("direct", [])
+        for t, rs in runs.items():
+            s = {"msgs_per_s": summary([r["msgs_per_s"] for r in rs]),
+                 "p50_us": summary([r["p50_us"] for r in rs]),
+                 "p99_us": summary([r["p99_us"] for r in rs]),
+                 "p999_us": summary([r["p999_us"] for r in rs]),
+                 "client_cpu_s": summary([r["client_cpu_s"] for r in rs])}
+            if t != "direct":
+                s["proxy_cpu_s_per_100k"] = summary([r.get("proxy_cpu_s_per_100k") for r in rs])
+                # latency added over direct, pairing each rep with the same rep's direct run
+                pairs = list(zip(rs, direct))
+                s["added_p50_us"] = summary([r["p50_us"] - d["p50_us"] for r, d in pairs])
+                s["added_p99_us"] = summary([r["p99_us"] - d["p99_us"] for r, d in pairs])
+            out["targets"][t] = {"summary": s, "runs": rs}
+        nginx = (out["targets"].get("nginx") or {}).get("summary", {}).get("proxy_cpu_s_per_100k")
+        for t in self.proxies:
+            s = out["targets"].get(t, {}).get("summary", {})
+            cpu = s.get("proxy_cpu_s_per_100k")
+            s["cpu_vs_nginx"] = cpu["median"] / nginx["median"] if cpu and nginx and nginx["median"] else None
+        return out
+
+    def idle_once(self, target: str, k: int, label: str = "d") -> dict:
+        proc, base, paths = self.b.start_proxy(target)
+        client = None
+        try:
+            # one connection opened and closed first, so one-time lazy set-up is not counted per connection
+            warm, ready = self.b.idle(base + paths["ws"], 1)
+            self.b.end_idle(warm)
+            if ready["open"] != 1:
+                raise BenchFailure(f"warm-up connection failed: {ready}")
+            time.sleep(0.5)
+            rss0 = tree_rss_kb(proc.pid)
+            client, ready = self.b.idle(base + paths["ws"], k)
+            time.sleep(0.5 if self.args.smoke else 2.0)
+            status = self.b.idle_status(client)
+            rssk = tree_rss_kb(proc.pid)
+            r = {"k": k, "open": ready["open"], "failed": ready["failed"], "still_open": status["open"],
+                 "connect_seconds": ready["seconds"], "rss0_kb": rss0, "rssk_kb": rssk,
+                 "rss_per_conn_bytes": round((rssk - rss0) * 1024 / k), "errors": ready.get("errors", [])}
+            if ready["failed"] or status["open"] != k:
+                self.problem(f"{label}/{target} K={k}: open {ready['open']}, failed {ready['failed']}, "
+                             f"still open {status['open']}: {ready.get('errors')}")
+            return r
+        finally:
+            if client:
+                self.b.end_idle(client)
+            proc.stop()
+
+    def scenario_d(self) -> dict:
+        ks = [20] if self.args.smoke else [1000, 5000]
+        log(f"== scenario d: idle RSS per proxied connection, K = {ks}, fresh proxy each time")
+        res = {"ks": ks, "targets": {t: {str(k): {"runs": []} for k in ks} for t in self.proxies}}
+        for k in ks:
+            for rep in range(self.args.reps):
+                for t in self.proxies:
+                    try:
+                        r = self.idle_once(t, k)
+                    except BenchFailure as e:
+                        self.problem(f"d/{t} K={k} rep {rep + 1}: {e}")
+                        continue
+                    res["targets"][t][str(k)]["runs"].append(r)
+                    log(f"   K={k} rep {rep + 1} {t:8} open {r['open']} failed {r['failed']}  "
+                        f"RSS {r['rss0_kb']} -> {r['rssk_kb']} KB  = {r['rss_per_conn_bytes'] / 1024:.1f} KB/conn")
+        for t in self.proxies:
+            for k in ks:
+                cell = res["targets"][t][str(k)]
+                cell["summary"] = {"rss_per_conn_bytes": summary([r["rss_per_conn_bytes"] for r in cell["runs"]])}
+        return res
+
+    def scenario_e(self) -> dict:
+        messages = self.args.messages
+        seconds = 1 if self.args.smoke else 5
+        log(f"== scenario e: WS -> HTTP through wsgate, 64 × 1 KiB, {messages} messages; ceiling wrk -t1 -c64 -d{seconds}s")
+        res = {"connections": 64, "size": 1024, "messages": messages, "wrk_seconds": seconds, "wrk": [], "wsgate": []}
+        if "wsgate" not in self.proxies:
+            return res
+        if not shutil.which("wrk"):
+            self.problem("wrk not found (apt-get install wrk): no ceiling for scenario e")
+        gw, base, paths = self.b.start_wsgate()
+        try:
+            url = base + paths["api"]
+            try:
+                self.b.load(url, 64, 1024, 1, max(64, min(messages // 10, 10_000)))  # warm-up
+            except BenchFailure as e:
+                self.problem(f"e warm-up: {e}")
+            for rep in range(self.args.reps):
+                if shutil.which("wrk"):
+                    try:
+                        w = self.b.wrk_post(self.b.echo_port, 64, seconds, 1024)
+                        res["wrk"].append(w)
+                        if w["errors"]:
+                            self.problem(f"e/wrk rep {rep + 1}: {w['errors']} error(s)")
+                        log(f"   rep {rep + 1} wrk      {w['requests_per_s']:>10,.0f} req/s")
+                    except BenchFailure as e:
+                        self.problem(f"e/wrk rep {rep + 1}: {e}")
+                before = tree_cpu_seconds(gw.pid)
+                try:
+                    r = self.b.load(url, 64, 1024, 1, messages)
+                except BenchFailure as e:
+                    self.problem(f"e/wsgate rep {rep + 1}: {e}")
+                    continue
+                cpu = cpu_delta(before, tree_cpu_seconds(gw.pid))
+                r["proxy_cpu_s"] = round(cpu, 3)
+                r["proxy_cpu_s_per_100k"] = round(cpu / r["messages"] * 100_000, 4) if r["messages"] else None
+                if r["errors"] or r["messages"] < messages - 64:
+                    self.problem(f"e/wsgate rep {rep + 1}: {r['errors']} error(s), {r['messages']}/{messages}: {r.get('error_samples')}")
+                res["wsgate"].append(r)
+                log(f"   rep {rep + 1} wsgate   {r['msgs_per_s']:>10,.0f} msgs/s  p50 {us(r['p50_us']):>9}  p99 {us(r['p99_us']):>9}")
+        finally:
+            gw.stop()
+        ceiling = summary([w["requests_per_s"] for w in res["wrk"]])
+        through = summary([r["msgs_per_s"] for r in res["wsgate"]])
+        res["summary"] = {
+            "wrk_requests_per_s": ceiling, "wsgate_msgs_per_s": through,
+            "p50_us": summary([r["p50_us"] for r in res["wsgate"]]), "p99_us": summary([r["p99_us"] for r in res["wsgate"]]),
+            "proxy_cpu_s_per_100k": summary([r["proxy_cpu_s_per_100k"] for r in res["wsgate"]]),
+            # per rep: that rep's wsgate rate over that rep's ceiling
+            "percent_of_ceiling": summary([100 * r["msgs_per_s"] / w["requests_per_s"]
+                                           for r, w in zip(res["wsgate"], res["wrk"]) if w["requests_per_s"]]),
+        }
+        return res
+
+    def scenario_cap(self) -> dict:
+        k = 250 if self.args.smoke else 9000
+        log(f"== capacity: wsgate holding {k} proxied idle connections")
+        try:
+            r = self.idle_once("wsgate", k, "cap")
+        except BenchFailure as e:
+            self.problem(f"cap: {e}")
+            return {"k": k, "error": str(e)}
+        log(f"   open {r['open']} failed {r['failed']} still open {r['still_open']}  wsgate RSS {r['rssk_kb'] / 1024:.1f} MB "
+            f"({r['rss_per_conn_bytes'] / 1024:.1f} KB/conn), connected in {r['connect_seconds']} s")
+        return r
 
 
-def machine() -> str:
+# ---------------------------------------------------------------- environment
+
+def first_line(argv: list[str]) -> str | None:
+    if not shutil.which(argv[0]):
+        return None
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    text = (out.stdout.strip() or out.stderr.strip())
+    return text.splitlines()[0].strip() if text else None
+
+
+def environment() -> dict:
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}"
+    return {
+        "machine": {"nproc": os.cpu_count(), "cpu": cpu, "kernel": f"{platform.system()} {platform.release()}"},
+        "versions": {
+            "swift": first_line(["swift", "--version"]),
+            "nginx": first_line(["nginx", "-v"]),
+            "haproxy": first_line(["haproxy", "-v"]),
+            "libcurl": first_line(["curl-config", "--version"]),
+            "wrk": re.sub(r"\s*Copyright.*", "", first_line(["wrk", "-v"]) or "") or None,
+        },
+    }
 
 
-def scenario_ws_http(tmp: Path, reps: int, messages: int) -> dict:
-    nginx, nport = start_nginx(tmp)
-    gw, gport = start_gateway(tmp, f'  - {{path: /api, upstream: "http://127.0.0.1:{nport}/"}}')
-    try:
-        bench(f"ws://127.0.0.1:{gport}/api", 64, 1, 1024, 5000)  # warm-up
-        ceiling, through = [], []
-        for _ in range(reps):
-            ceiling.append(wrk_post(nport, 64, 5, 1024, tmp))
-            r = bench(f"ws://127.0.0.1:{gport}/api", 64, 1, 1024, messages)
-            through.append(r)
-        return {"ceiling": ceiling, "wsgate": through}
-    finally:
-        gw.stop()
-        nginx.stop()
+# ---------------------------------------------------------------- report
+
+def us(v: float | None, signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    sign = "+" if signed and v >= 0 else ""
+    if abs(v) >= 1000:
+        return f"{sign}{v / 1000:.2f} ms"
+    return f"{sign}{v:.0f} µs"
 
 
-def scenario_relay(tmp: Path, reps: int, messages: int) -> dict:
-    echo = Proc([str(RELEASE / "wsgate-bench"), "echo-server", "--port", "0"])
-    eport = int(json.loads(echo.wait_line("listening"))["port"])
-    gw, gport = start_gateway(tmp, f'  - {{path: /ws, upstream: "ws://127.0.0.1:{eport}/"}}')
-    try:
-        bench(f"ws://127.0.0.1:{gport}/ws", 50, 1, 1024, 10000)
-        direct, through, cpu = [], [], []
-        for _ in range(reps):
-            direct.append(bench(f"ws://127.0.0.1:{eport}/", 50, 1, 1024, messages))
-            before = gw.cpu_seconds()
-            through.append(bench(f"ws://127.0.0.1:{gport}/ws", 50, 1, 1024, messages))
-            cpu.append((gw.cpu_seconds() - before) / messages * 100_000)
-        return {"direct": direct, "wsgate": through, "cpu_per_100k": cpu}
-    finally:
-        gw.stop()
-        echo.stop()
+def med(s: dict | None, fmt: str = "{:,.0f}", rng: bool = True) -> str:
+    if not s:
+        return "–"
+    text = fmt.format(s["median"])
+    if rng and s["n"] > 1:
+        text += f" ({fmt.format(s['min'])}–{fmt.format(s['max'])})"
+    return text
 
 
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
-
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("scenario", choices=["ws-http", "relay", "all"])
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--messages", type=int, default=100_000)
-    ap.add_argument("--smoke", action="store_true", help="tiny counts, to keep the tool working (used by tests)")
-    ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md from this run")
-    args = ap.parse_args()
-    if args.smoke:
-        args.reps, args.messages = 1, 2000
-    for tool in ["nginx", "wrk"]:
-        if not shutil.which(tool) and args.scenario in ("ws-http", "all"):
-            sys.exit(f"{tool} not found (apt-get install nginx-light wrk iproute2)")
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        results = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
-        if args.scenario in ("ws-http", "all"):
-            r = scenario_ws_http(tmp, args.reps, args.messages)
-            c = median(r["ceiling"])
-            w = median([x["msgs_per_s"] for x in r["wsgate"]])
-            results["ws_http"] = {"wrk_ceiling_rps": c, "wsgate_msgs_per_s": w, "ratio": w / c,
-                                  "p50_us": median([x["p50_us"] for x in r["wsgate"]]),
-                                  "p99_us": median([x["p99_us"] for x in r["wsgate"]]),
-                                  "runs": r}
-        if args.scenario in ("relay", "all"):
-            r = scenario_relay(tmp, args.reps, args.messages)
-            results["relay"] = {"direct_msgs_per_s": median([x["msgs_per_s"] for x in r["direct"]]),
-                                "wsgate_msgs_per_s": median([x["msgs_per_s"] for x in r["wsgate"]]),
-                                "direct_p50_us": median([x["p50_us"] for x in r["direct"]]),
-                                "wsgate_p50_us": median([x["p50_us"] for x in r["wsgate"]]),
-                                "wsgate_cpu_s_per_100k": median(r["cpu_per_100k"]),
-                                "runs": r}
-        print(json.dumps(results, indent=1))
-        if args.write:
-            write_markdown(results, args)
-
-
-def write_markdown(r: dict, args) -> None:
-    nginx_version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
-    curl_version = subprocess.run(["curl-config", "--version"], capture_output=True, text=True).stdout.strip()
-    lines = [
+def markdown(r: dict) -> str:
+    env = r["environment"]
+    m, v = env["machine"], env["versions"]
+    L = [
         "# Benchmarks",
         "",
-        f"Generated by `python3 benchmarks/run.py {args.scenario} --reps {args.reps} --messages {args.messages} --write` "
-        f"on {r['date']}: {r['machine']}; nginx {nginx_version}, {curl_version}, release build.",
-        "Every figure is the median of the reps; load generator, gateway and upstream share the machine's cores, "
-        "so absolute numbers are low and ratios are what count.",
+        "<!-- generated by benchmarks/run.py --write; do not edit by hand -->",
+        "",
+        f"Generated on {r['date']} by `{r['command']}`.",
+        "",
+        f"- Machine: {m['nproc']} cores (`nproc`), {m['cpu']}, {m['kernel']}",
+        f"- {v['swift']} (release build); {v['nginx']}; {v['haproxy']}; {v['libcurl']}; {v['wrk']}",
+        f"- {r['settings']['reps']} rep{'s' if r['settings']['reps'] != 1 else ''}; in every rep the targets run in turn (direct, wsgate, nginx, haproxy), "
+        "so drift hits them alike. Figures: median (min–max) over the reps.",
+        "- Client (`wsgate-bench load`, closed loop, HDR histogram of every round trip, 3 significant digits), "
+        "echo upstream (`wsgate-bench echo-server`) and proxy share the machine's cores: absolute rates are low, "
+        "ratios are what count. The client reports its own CPU use, so a saturated client is visible.",
+        "- Proxy CPU: utime+stime from `/proc/PID/stat`, summed over all the proxy's processes "
+        "(nginx master and worker), delta over the measured run, per 100,000 messages (each message is a round trip: "
+        "the proxy relays it both ways).",
+        "- Proxies: wsgate with `ws://` routes; nginx `worker_processes 1`, `proxy_pass` with the Upgrade/Connection "
+        "map, `worker_connections 20000` (scenario c: `proxy_buffer_size 64k`); HAProxy `mode http`, `nbthread 1`, "
+        f"`maxconn {r['settings']['haproxy_maxconn']}`, `timeout tunnel 1h`, default `tune.bufsize`. All on 127.0.0.1.",
         "",
     ]
-    if "ws_http" in r:
-        w = r["ws_http"]
-        lines += [
-            "## WS → HTTP (HTTP upstream through libcurl)",
-            "",
-            "64 WebSocket connections, 1 message of 1 KiB in flight each, through an `http://` route to nginx "
-            "(`worker_processes 1`, `return 200`). Ceiling: `wrk -t1 -c64` POSTing 1 KiB bodies to the same nginx directly.",
-            "",
-            "| | requests or messages / s | p50 | p99 |",
-            "|---|---|---|---|",
-            f"| wrk → nginx (ceiling) | {w['wrk_ceiling_rps']:,.0f} | | |",
-            f"| wsgate-bench → wsgate → nginx | {w['wsgate_msgs_per_s']:,.0f} | {w['p50_us']/1000:.2f} ms | {w['p99_us']/1000:.2f} ms |",
-            f"| ratio | {w['ratio']*100:.0f} % of the ceiling | | |",
-            "",
-        ]
-    if "relay" in r:
-        x = r["relay"]
-        lines += [
-            "## WebSocket relay (`ws://` route)",
-            "",
-            "50 connections × 1 KiB messages, 1 in flight each, to `wsgate-bench echo-server`, directly and through wsgate. "
-            "Gateway CPU is utime+stime from `/proc/PID/stat` over the measured run.",
-            "",
-            "| | msgs / s | p50 | gateway CPU-s per 100k messages |",
-            "|---|---|---|---|",
-            f"| direct | {x['direct_msgs_per_s']:,.0f} | {x['direct_p50_us']/1000:.2f} ms | |",
-            f"| through wsgate | {x['wsgate_msgs_per_s']:,.0f} | {x['wsgate_p50_us']/1000:.2f} ms | {x['wsgate_cpu_s_per_100k']:.2f} |",
-            "",
-        ]
-    (REPO / "docs" / "benchmarks.md").write_text("\n".join(lines))
+    if r["skipped"]:
+        L += [f"Skipped: {'; '.join(r['skipped'])}.", ""]
+    sc = r["scenarios"]
+    for name in ("a", "b", "c"):
+        if name not in sc:
+            continue
+        s = sc[name]
+        L += [f"## ({name}) {s['title']}", "",
+              f"{s['messages']:,} messages per run.", "",
+              "| target | msgs/s | p50 | p99 | p99.9 | added p50 | added p99 | proxy CPU-s / 100k msgs | CPU vs nginx | client CPU-s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for t, cell in s["targets"].items():
+            x = cell["summary"]
+            added50 = us(x["added_p50_us"]["median"], signed=True) if x.get("added_p50_us") else "–"
+            added99 = us(x["added_p99_us"]["median"], signed=True) if x.get("added_p99_us") else "–"
+            ratio = f"{x['cpu_vs_nginx']:.2f}×" if x.get("cpu_vs_nginx") else "–"
+            L.append(f"| {t} | {med(x['msgs_per_s'])} | {us(x['p50_us']['median']) if x['p50_us'] else '–'} | "
+                     f"{us(x['p99_us']['median']) if x['p99_us'] else '–'} | {us(x['p999_us']['median']) if x['p999_us'] else '–'} | "
+                     f"{added50} | {added99} | {med(x.get('proxy_cpu_s_per_100k'), '{:.2f}')} | {ratio} | "
+                     f"{med(x['client_cpu_s'], '{:.2f}', rng=False)} |")
+        L.append("")
+    if "d" in sc:
+        d = sc["d"]
+        L += ["## (d) Memory per idle proxied connection", "",
+              "A fresh proxy for every K and rep: one connection opened and closed (one-time set-up), RSS with 0 "
+              "connections, then K idle upgraded WebSocket connections client → proxy → echo, RSS again. "
+              "RSS = sum of `VmRSS` over the proxy's processes; per connection = difference / K.", "",
+              "| target | " + " | ".join(f"K = {k:,}" for k in d["ks"]) + " |",
+              "|---|" + "---|" * len(d["ks"])]
+        for t, byk in d["targets"].items():
+            cells = []
+            for k in d["ks"]:
+                s = byk[str(k)]["summary"]["rss_per_conn_bytes"]
+                cells.append(med({**s, "median": s["median"] / 1024, "min": s["min"] / 1024, "max": s["max"] / 1024}, "{:.1f}") + " KB"
+                             if s else "–")
+            L.append(f"| {t} | " + " | ".join(cells) + " |")
+        L.append("")
+    if "e" in sc and sc["e"].get("summary"):
+        e, s = sc["e"], sc["e"]["summary"]
+        L += ["## (e) WS → HTTP", "",
+              f"64 WebSocket connections, 1 KiB binary messages, 1 in flight each, {e['messages']:,} messages per run, "
+              "through an `http://` route of wsgate (one POST per message, libcurl) to the HTTP echo of "
+              f"`wsgate-bench echo-server`. Ceiling: `wrk -t1 -c64 -d{e['wrk_seconds']}s` POSTing 1 KiB bodies to the same "
+              "echo directly (keep-alive).", "",
+              "| | requests or messages / s | p50 | p99 | wsgate CPU-s / 100k msgs |",
+              "|---|---|---|---|---|",
+              f"| wrk → echo (ceiling) | {med(s['wrk_requests_per_s'])} | | | |",
+              f"| wsgate-bench → wsgate → echo | {med(s['wsgate_msgs_per_s'])} | {us(s['p50_us']['median']) if s['p50_us'] else '–'} | "
+              f"{us(s['p99_us']['median']) if s['p99_us'] else '–'} | {med(s['proxy_cpu_s_per_100k'], '{:.2f}')} |",
+              f"| wsgate as % of the ceiling | {med(s['percent_of_ceiling'], '{:.0f} %')} | | | |",
+              ""]
+    if "cap" in sc and "open" in sc["cap"]:
+        c = sc["cap"]
+        L += ["## Capacity", "",
+              f"wsgate holding {c['k']:,} concurrent proxied idle connections (client → wsgate → echo), "
+              "connected at most 200 at a time:", "",
+              "| open | failed | still open after settling | connect time | wsgate RSS | per connection |",
+              "|---|---|---|---|---|---|",
+              f"| {c['open']:,} | {c['failed']} | {c['still_open']:,} | {c['connect_seconds']:.1f} s | "
+              f"{c['rssk_kb'] / 1024:.1f} MB | {c['rss_per_conn_bytes'] / 1024:.1f} KB |", ""]
+    L += ["![proxy CPU per 100k messages and idle memory per connection](benchmarks.svg)", "",
+          "Raw results, every run: [benchmarks.json](benchmarks.json).", ""]
+    return "\n".join(L)
+
+
+# ---------------------------------------------------------------- chart
+
+def esc(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def nice_ticks(vmax: float, n: int = 4) -> list[float]:
+    if vmax <= 0:
+        return [0, 1]
+    raw = vmax / n
+    mag = 10 ** int(f"{raw:e}".split("e")[1])
+    step = next(f * mag for f in (1, 2, 2.5, 5, 10) if f * mag >= raw)
+    ticks, t = [], 0.0
+    while t < vmax + step * 0.999:
+        ticks.append(round(t, 10))
+        t += step
+    return ticks
+
+
+def tick_label(v: float) -> str:
+    return f"{v:g}"
+
+
+def svg_chart(r: dict) -> str:
+    """Small multiples of horizontal bars (median, min–max whiskers): proxy CPU
+    per 100k messages for each load scenario (own scale each), then idle RSS
+    per connection for each K (one scale)."""
+    W, left, right = 760, 130, 70
+    plot_w = W - left - right
+    bar_h, gap = 18, 6
+    y = 0
+    parts: list[str] = []
+
+    def text(x, y, s, size=12, anchor="start", weight="normal", fill="#222"):
+        parts.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" '
+                     f'font-weight="{weight}" fill="{fill}">{esc(s)}</text>')
+
+    def group(title: str, rows: list[tuple[str, dict | None]], vmax: float, unit: str, fmt: str):
+        nonlocal y
+        text(10, y + 14, title, 13, weight="bold")
+        y += 24
+        ticks = nice_ticks(vmax)
+        scale = plot_w / ticks[-1]
+        top = y
+        height = len(rows) * (bar_h + gap)
+        for t in ticks:
+            x = left + t * scale
+            parts.append(f'<line x1="{x:.1f}" y1="{top - 2}" x2="{x:.1f}" y2="{top + height}" stroke="#e3e3e3"/>')
+            text(x, top + height + 13, tick_label(t), 10, "middle", fill="#666")
+        text(left + plot_w + 16, top + height + 13, unit, 10, fill="#666")
+        for target, s in rows:
+            text(left - 8, y + bar_h - 5, target, 12, "end")
+            if s:
+                w = s["median"] * scale
+                parts.append(f'<rect x="{left}" y="{y}" width="{max(w, 1):.1f}" height="{bar_h}" fill="{COLORS[target]}" rx="2"/>')
+                if s["n"] > 1:
+                    x1, x2, cy = left + s["min"] * scale, left + s["max"] * scale, y + bar_h / 2
+                    parts.append(f'<line x1="{x1:.1f}" y1="{cy}" x2="{x2:.1f}" y2="{cy}" stroke="#000" stroke-width="1.2"/>')
+                    for x in (x1, x2):
+                        parts.append(f'<line x1="{x:.1f}" y1="{cy - 5}" x2="{x:.1f}" y2="{cy + 5}" stroke="#000" stroke-width="1.2"/>')
+                label_x = left + max(w, s["max"] * scale) + 6
+                text(label_x, y + bar_h - 5, fmt.format(s["median"]), 11)
+            else:
+                text(left + 6, y + bar_h - 5, "not measured", 11, fill="#999")
+            y += bar_h + gap
+        y += 26
+
+    sc = r["scenarios"]
+    proxies = [t for t in PROXIES if t in r["targets"]]
+    y = 10
+    text(10, y + 16, "wsgate vs nginx vs HAProxy, one echo upstream (lower is better)", 15, weight="bold")
+    y += 22
+    m = r["environment"]["machine"]
+    reps = r["settings"]["reps"]
+    text(10, y + 12, f"{r['date']} · {m['nproc']} cores, {m['cpu']} · {reps} rep{'s' if reps != 1 else ''} · "
+                     "client, proxy and echo on one machine", 11, fill="#555")
+    y += 26
+    lx = 10
+    for t in proxies:
+        parts.append(f'<rect x="{lx}" y="{y}" width="12" height="12" fill="{COLORS[t]}" rx="2"/>')
+        text(lx + 17, y + 10, t, 12)
+        lx += 100
+    text(lx + 10, y + 10, "bar = median, whisker = min–max over the reps", 11, fill="#555")
+    y += 28
+    text(10, y + 12, "Proxy CPU seconds per 100,000 messages (utime+stime, all proxy processes)", 13, weight="bold", fill="#333")
+    y += 24
+    for name in ("a", "b", "c"):
+        if name not in sc:
+            continue
+        rows = [(t, sc[name]["targets"].get(t, {}).get("summary", {}).get("proxy_cpu_s_per_100k")) for t in proxies]
+        vmax = max([s["max"] for _, s in rows if s] or [1])
+        group(f"({name}) {sc[name]['title']}", rows, vmax, "CPU-s", "{:.2f} s")
+    if "d" in sc:
+        text(10, y + 12, "Memory per idle proxied connection (RSS delta / K, fresh proxy each time)", 13, weight="bold", fill="#333")
+        y += 24
+        d = sc["d"]
+        cells = {}
+        for k in d["ks"]:
+            for t in proxies:
+                s = d["targets"].get(t, {}).get(str(k), {}).get("summary", {}).get("rss_per_conn_bytes")
+                cells[(k, t)] = {**s, "median": s["median"] / 1024, "min": s["min"] / 1024, "max": s["max"] / 1024} if s else None
+        vmax = max([s["max"] for s in cells.values() if s] or [1])
+        for k in d["ks"]:
+            group(f"(d) K = {k:,} idle connections", [(t, cells[(k, t)]) for t in proxies], vmax, "KB", "{:.1f} KB")
+    H = y + 10
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+            f'font-family="Helvetica, Arial, sans-serif">\n<rect width="{W}" height="{H}" fill="#fff"/>\n')
+    return head + "\n".join(parts) + "\n</svg>\n"
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS), help="comma-separated subset of a,b,c,d,e,cap (default: all)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions, targets interleaved in each (default 3)")
+    ap.add_argument("--messages", type=int, default=100_000, help="messages per load run, M (scenario c: M/5; default 100000)")
+    ap.add_argument("--smoke", action="store_true", help="tiny counts, 1 rep, idle K=20, capacity K=250: keeps the tool working (used by scripts/test)")
+    ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md, .json and .svg from this run")
+    default_bin = Path(os.environ["WSGATE_BUILD_DIR"]) / "release" if os.environ.get("WSGATE_BUILD_DIR") else REPO / ".build" / "release"
+    ap.add_argument("--build-dir", type=Path, default=default_bin,
+                    help="directory with the release binaries wsgate and wsgate-bench (default: $WSGATE_BUILD_DIR/release or .build/release)")
+    args = ap.parse_args()
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if bad := [s for s in scenarios if s not in ALL_SCENARIOS]:
+        ap.error(f"unknown scenario(s) {bad}; choose from {ALL_SCENARIOS}")
+    if args.smoke and args.write:
+        ap.error("--smoke --write would overwrite the published figures with smoke counts; refusing")
+    if args.reps < 1 or args.messages < 1:
+        ap.error("--reps and --messages must be positive")
+    if args.smoke:
+        args.reps, args.messages = 1, 2000
+    bin_dir = args.build_dir if args.build_dir.is_absolute() else (Path.cwd() / args.build_dir)
+    for exe in ("wsgate", "wsgate-bench"):
+        if not (bin_dir / exe).exists():
+            log(f"{bin_dir / exe} not found: build first (scripts/bench does: swift build -c release)")
+            return 2
+
+    targets, skipped = ["direct", "wsgate"], []
+    for tool, pkg in (("nginx", "nginx-light"), ("haproxy", "haproxy")):
+        if shutil.which(tool):
+            targets.append(tool)
+        else:
+            msg = f"{tool} not installed (apt-get install {pkg}): target {tool} skipped"
+            log(f"WARNING: {msg}")
+            skipped.append(msg)
+    if "e" in scenarios and not shutil.which("wrk"):
+        skipped.append("wrk not installed (apt-get install wrk): no ceiling in scenario e")
+
+    command = os.environ.get("WSGATE_BENCH_COMMAND") or "python3 benchmarks/run.py" + ("" if len(sys.argv) == 1 else " " + shlex.join(sys.argv[1:]))
+    results = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "command": command, "environment": environment(),
+               "settings": {"reps": args.reps, "messages": args.messages, "smoke": args.smoke, "scenarios": scenarios,
+                            "haproxy_maxconn": haproxy_maxconn()},
+               "targets": targets, "skipped": skipped, "scenarios": {}}
+    started = time.monotonic()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    with tempfile.TemporaryDirectory(prefix="wsgate-bench-") as d:
+        tmp = Path(d)
+        bench = Bench(bin_dir, tmp, args.smoke)
+        runner = Runner(args, bench, targets)
+        try:
+            bench.start_echo()
+            if load := [s for s in scenarios if s in LOAD_SCENARIOS]:
+                results["scenarios"].update(runner.load_scenarios(load))
+            if "d" in scenarios:
+                results["scenarios"]["d"] = runner.scenario_d()
+            if "e" in scenarios:
+                results["scenarios"]["e"] = runner.scenario_e()
+            if "cap" in scenarios:
+                results["scenarios"]["cap"] = runner.scenario_cap()
+        except BenchFailure as e:
+            runner.problem(str(e))
+        except KeyboardInterrupt:
+            runner.problem("interrupted")
+        finally:
+            Proc.stop_all()
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["problems"] = runner.problems
+
+    print(markdown(results))
+    log(f"finished in {results['seconds']} s")
+    if runner.problems:
+        log(f"{len(runner.problems)} problem(s):")
+        for p in runner.problems:
+            log(f"  - {p.splitlines()[0]}")
+        if args.write:
+            log("not writing docs: the run had problems")
+        return 1
+    if args.write:
+        DOCS.mkdir(exist_ok=True)
+        (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+        (DOCS / "benchmarks.md").write_text(markdown(results))
+        (DOCS / "benchmarks.svg").write_text(svg_chart(results))
+        log("wrote docs/benchmarks.md, docs/benchmarks.json, docs/benchmarks.svg")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
