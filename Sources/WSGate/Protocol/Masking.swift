@@ -119,8 +119,9 @@ enum MaskedFrameWriter {
 /// client cannot predict; the system CSPRNG is read 64 keys per call instead
 /// of once per frame, so masking costs no syscall on the hot path.
 struct MaskingKeySource {
-    private var pool = [UInt8](repeating: 0, count: 256)
-    private var next = 256
+    /// Allocated on first use: an idle connection holds no pool.
+    private var pool: [UInt8] = []
+    private var next = 0
 
     mutating func nextKey() -> WebSocketMaskingKey {
         let word = nextWord()
@@ -130,6 +131,7 @@ struct MaskingKeySource {
     /// The next key packed as `WebSocketMaskingKey.littleEndianWord`.
     mutating func nextWord() -> UInt32 {
         if next + 4 > pool.count {
+            if pool.isEmpty { pool = [UInt8](repeating: 0, count: 256) }
             pool.withUnsafeMutableBytes { raw in
                 #if os(Linux)
                 if systemGetRandom(raw.baseAddress, raw.count, 0) == raw.count { return }

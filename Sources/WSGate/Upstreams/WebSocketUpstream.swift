@@ -21,7 +21,8 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
     private weak var session: Session?
     private let eventLoop: EventLoop
     private let url: URLParts
-    private let requestHeaders: HTTPHeaders
+    /// Needed for the handshake only; released once it is sent.
+    private var requestHeaders: HTTPHeaders
     private let offeredProtocols: [String]
     private let settings: SessionSettings
     private var state = State.idle
@@ -63,12 +64,14 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         handshakePromise = promise
         state = .connecting
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: url.requestTarget, headers: requestHeaders)
+        requestHeaders = HTTPHeaders()
         let maxFrame = settings.maxMessageBytes
         let tls = self.tls
         let serverName = self.serverName
         ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.upstreamConnect)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.recvAllocator, value: GatewayServer.receiveBuffers)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tls {
