@@ -109,8 +109,8 @@ public struct FrameReader {
 
     /// The next complete frame, consumed from the buffer.
     public mutating func next() -> FrameReadResult {
-        guard let held = buffer, held.readableBytes >= 2 else { return .needMoreBytes }
-        guard let header = held.withUnsafeReadableBytes({ FrameHeader.parse($0) }) else { return .needMoreBytes }
+        guard let available = buffer?.readableBytes, available >= 2 else { return .needMoreBytes }
+        guard let header = buffer!.withUnsafeReadableBytes({ FrameHeader.parse($0) }) else { return .needMoreBytes }
         if header.isControl {
             if !header.fin { return .framingError(.protocolError("fragmented control frame")) }
             if header.payloadLength > 125 { return .framingError(.protocolError("control frame over 125 bytes")) }
@@ -118,10 +118,20 @@ public struct FrameReader {
             return .framingError(.messageTooBig(limit: maxFrameBytes))
         }
         let payloadLength = Int(header.payloadLength)
-        guard held.readableBytes >= header.headerLength + payloadLength else { return .needMoreBytes }
-        let start = held.readerIndex
-        let payload = held.getSlice(at: start + header.headerLength, length: payloadLength)!
-        buffer!.moveReaderIndex(forwardBy: header.headerLength + payloadLength)
+        let frameLength = header.headerLength + payloadLength
+        guard available >= frameLength else {
+            // The rest of this frame will be appended: make room for all of
+            // it now, so its bytes are copied once instead of being moved
+            // again by every doubling of the buffer.
+            if buffer!.capacity - buffer!.readerIndex < frameLength {
+                buffer!.discardReadBytes()
+                buffer!.reserveCapacity(minimumWritableBytes: frameLength - available)
+            }
+            return .needMoreBytes
+        }
+        let start = buffer!.readerIndex
+        let payload = buffer!.getSlice(at: start + header.headerLength, length: payloadLength)!
+        buffer!.moveReaderIndex(forwardBy: frameLength)
         if buffer!.readableBytes == 0 { buffer = nil }
         return .frame(header, payload: payload, start: start)
     }
