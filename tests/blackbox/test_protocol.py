@@ -277,3 +277,32 @@ def test_frames_however_tcp_splits_them(gateway, path, delivery):
     assert (ev["messages_in"], ev["messages_out"]) == (5, 5)
     n = sum(len(d) for _, d in expected)
     assert (ev["bytes_in"], ev["bytes_out"]) == (n, n)
+
+
+@pytest.mark.parametrize("path", PROTOCOL_ROUTES)
+def test_frames_sent_with_the_upgrade_request(gateway, path):
+    """Frames in the same segment as the upgrade request (before the 101) are
+    not lost: NIO holds them during the upgrade and hands them to the leg."""
+    import asyncio
+    import base64
+    import os
+
+    async def main():
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+        writer.write(request + frame(OP_TEXT, b"early") + frame(OP_BINARY, b"\x01\x02"))
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        ws = rawws.RawWS(reader, writer, head.decode("latin-1"))
+        got = [(await ws.read_message())[:2] for _ in range(2)]
+        await ws.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+        res = await ws.expect_close(timeout=5, reply=False)
+        ws.close_tcp()
+        return got, res
+
+    got, res = run(main())
+    assert got == [(OP_TEXT, b"early"), (OP_BINARY, b"\x01\x02")]
+    assert res.code == 1000
