@@ -171,6 +171,28 @@ struct FrameReaderTests {
         partial.append(alloc.buffer(bytes: [0x82, 0x7E, 0x03]))
         guard case .needMoreBytes = partial.next() else { Issue.record("partial"); return }
     }
+
+    /// A header alone must not make the reader reserve the length it declares.
+    @Test func declaredLengthIsNotReservedUpFront() {
+        var reader = FrameReader(maxFrameBytes: 1 << 30)
+        var header = ByteBufferAllocator().buffer(bytes: [0x82, 0xFF, 0, 0, 0, 0, 0x3F, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4])
+        header.writeBytes([UInt8](repeating: 0, count: 100))
+        reader.append(header)
+        guard case .needMoreBytes = reader.next() else { Issue.record("expected to wait for the payload"); return }
+        #expect(reader.bytes!.capacity <= 1 << 17)
+    }
+
+    @Test func minimalLengthEncoding() {
+        func header(_ bytes: [UInt8]) -> FrameHeader {
+            ByteBufferAllocator().buffer(bytes: bytes).withUnsafeReadableBytes { FrameHeader.parse($0)! }
+        }
+        #expect(header([0x81, 0x05]).hasMinimalLength)
+        #expect(header([0x81, 0x7E, 0x00, 0x7E]).hasMinimalLength)
+        #expect(!header([0x81, 0x7E, 0x00, 0x05]).hasMinimalLength)
+        #expect(header([0x81, 0xFE, 0xFF, 0xFF, 1, 2, 3, 4]).hasMinimalLength)
+        #expect(!header([0x81, 0x7F, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF]).hasMinimalLength)
+        #expect(header([0x81, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]).hasMinimalLength)
+    }
 }
 
 @Suite("Masked frame writer")

@@ -362,13 +362,15 @@ class Upstreams:
         r403 = await asyncio.start_server(self._reject403, "127.0.0.1", 0)
         reset = await asyncio.start_server(self._reset, "127.0.0.1", 0)
         hole = await asyncio.start_server(self._blackhole, "127.0.0.1", 0)
-        self._servers = [echo, closer, r403, reset, hole]
+        longlen = await asyncio.start_server(self._long_lengths, "127.0.0.1", 0)
+        self._servers = [echo, closer, r403, reset, hole, longlen]
         port = lambda s: s.sockets[0].getsockname()[1]  # noqa: E731
         self.echo_port = port(echo)
         self.closer_port = port(closer)
         self.reject403_port = port(r403)
         self.reset_port = port(reset)
         self.blackhole_port = port(hole)
+        self.long_lengths_port = port(longlen)
 
     async def _stop(self) -> None:
         for w in self.blackhole_conns:
@@ -502,6 +504,40 @@ class Upstreams:
                 pass
             writer.transport.abort()  # SO_LINGER 0 + close = RST
 
+    async def _long_lengths(self, reader, writer) -> None:
+        """Echoes every message twice, with its length in the 16-bit and then
+        the 64-bit encoding even when it is short: not valid for a sender
+        (RFC 6455 5.2 asks for the minimal encoding), but readable."""
+        try:
+            head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1")
+            key = rawws.parse_headers(head).get("sec-websocket-key", "")
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + f"Sec-WebSocket-Accept: {rawws.accept_for(key)}\r\n\r\n".encode()
+            )
+            while True:
+                b0, b1 = await asyncio.wait_for(reader.readexactly(2), 10)
+                n = b1 & 0x7F
+                if n == 126:
+                    (n,) = struct.unpack("!H", await reader.readexactly(2))
+                elif n == 127:
+                    (n,) = struct.unpack("!Q", await reader.readexactly(8))
+                mask = await reader.readexactly(4) if b1 & 0x80 else b""
+                payload = await reader.readexactly(n)
+                if mask:
+                    payload = rawws.apply_mask(payload, mask)
+                if b0 & 0x0F == 0x8:  # close: answer and stop
+                    writer.write(bytes([0x88, len(payload[:2])]) + payload[:2])
+                    await writer.drain()
+                    break
+                writer.write(bytes([b0, 126]) + struct.pack("!H", n) + payload)
+                writer.write(bytes([b0, 127]) + struct.pack("!Q", n) + payload)
+                await writer.drain()
+        except Exception:
+            pass
+        finally:
+            writer.close()
+
     async def _blackhole(self, reader, writer) -> None:
         self.blackhole_conns.append(writer)
         try:
@@ -546,6 +582,7 @@ def base_config(up: Upstreams) -> dict:
             {"path": "/reject403", "upstream": f"ws://127.0.0.1:{up.reject403_port}/x"},
             {"path": "/reset", "upstream": f"ws://127.0.0.1:{up.reset_port}/x"},
             {"path": "/blackhole", "upstream": f"ws://127.0.0.1:{up.blackhole_port}/x"},
+            {"path": "/longlengths", "upstream": f"ws://127.0.0.1:{up.long_lengths_port}/x"},
         ],
     }
 

@@ -306,3 +306,19 @@ def test_frames_sent_with_the_upgrade_request(gateway, path):
     got, res = run(main())
     assert got == [(OP_TEXT, b"early"), (OP_BINARY, b"\x01\x02")]
     assert res.code == 1000
+
+
+def test_echo_keeps_data_before_a_later_pong(gateway):
+    """builtin:echo: a ping sent after a message is answered after that
+    message is echoed (one client read can hold both)."""
+    async def main():
+        ws = await rawws.RawWS.connect(gateway.port, "/echo")
+        ws.send(frame(OP_TEXT, b"a") + frame(OP_PING, b"p") + frame(OP_TEXT, b"b"))
+        await ws.drain()
+        got = [await ws.read_frame() for _ in range(3)]
+        await ws.send_frame(OP_CLOSE, struct.pack("!H", 1000))
+        await ws.expect_close(timeout=5, reply=False)
+        ws.close_tcp()
+        return [(f.opcode, f.payload) for f in got]
+
+    assert run(main()) == [(OP_TEXT, b"a"), (OP_PONG, b"p"), (OP_TEXT, b"b")]

@@ -242,3 +242,27 @@ def test_upstream_invalid_utf8_text(gateway):
     assert ev["cause"] == "upstream_protocol_error"
     assert ev["code"] == 1014
     assert ev["messages_out"] == 0
+
+
+def test_upstream_frames_reach_the_client_with_minimal_lengths(gateway):
+    """Upstream frames are relayed as bytes; one whose length is not in the
+    shortest encoding is re-encoded, so the client only sees valid framing."""
+    import struct
+
+    import rawws
+
+    async def main():
+        ws = await rawws.RawWS.connect(gateway.port, "/longlengths")
+        await ws.send_frame(rawws.OP_TEXT, b"hello")
+        raw = await asyncio.wait_for(ws.reader.readexactly(14), 5)
+        await ws.send_frame(rawws.OP_CLOSE, struct.pack("!H", 1000))
+        res = await ws.expect_close(timeout=5, reply=False)
+        ws.close_tcp()
+        return ws.local_addr, raw, res
+
+    addr, raw, res = run(main())
+    assert raw == b"\x81\x05hello" * 2
+    assert res.code == 1000
+    ev = gateway.close_event(addr)
+    assert (ev["messages_in"], ev["messages_out"]) == (1, 2)
+    assert ev["bytes_out"] == 10

@@ -32,6 +32,17 @@ public struct FrameHeader: Sendable, Equatable {
     /// Opcodes 0x8-0xF are control frames, including the reserved ones.
     public var isControl: Bool { firstByte & 0x08 != 0 }
 
+    /// The length uses the shortest encoding, as RFC 6455 §5.2 requires of
+    /// a sender. Frames that don't are re-encoded before being relayed.
+    public var hasMinimalLength: Bool {
+        let lengthBytes = headerLength - 2 - (maskKey == nil ? 0 : 4)
+        switch lengthBytes {
+        case 0: return true
+        case 2: return payloadLength >= 126
+        default: return payloadLength > 0xFFFF
+        }
+    }
+
     /// Parses a header from the start of `bytes`; nil until all of it is there.
     @inlinable
     public static func parse(_ bytes: UnsafeRawBufferPointer) -> FrameHeader? {
@@ -120,12 +131,15 @@ public struct FrameReader {
         let payloadLength = Int(header.payloadLength)
         let frameLength = header.headerLength + payloadLength
         guard available >= frameLength else {
-            // The rest of this frame will be appended: make room for all of
-            // it now, so its bytes are copied once instead of being moved
-            // again by every doubling of the buffer.
-            if buffer!.capacity - buffer!.readerIndex < frameLength {
+            // The rest of this frame will be appended: make room ahead, so
+            // its bytes are not moved again by every doubling of the buffer.
+            // Never more than twice what has arrived (at least 64 KiB): a
+            // peer must not make the gateway allocate a whole declared
+            // `max_message_bytes` by sending a 14-byte header.
+            let target = min(frameLength, max(2 * available, 1 << 16))
+            if buffer!.capacity - buffer!.readerIndex < target {
                 buffer!.discardReadBytes()
-                buffer!.reserveCapacity(minimumWritableBytes: frameLength - available)
+                buffer!.reserveCapacity(minimumWritableBytes: target - available)
             }
             return .needMoreBytes
         }

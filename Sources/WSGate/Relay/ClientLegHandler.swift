@@ -78,6 +78,8 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     }
                 case .success(.ping(let payload)):
                     guard !closeFrameSent else { continue }
+                    // Echoed data before this ping goes out before its pong.
+                    batch.send(to: session)
                     context.write(wrapOutboundOut(serialize(opcode: .pong, payload: payload, context: context)), promise: nil)
                     needsFlush = true
                     session.noteActivity()
@@ -224,7 +226,9 @@ struct RelayBatch {
     mutating func append(_ header: FrameHeader, _ payload: ByteBuffer, newKey: UInt32?, remaining: Int, allocator: ByteBufferAllocator) {
         let length = payload.readableBytes
         if bytes == nil {
-            bytes = allocator.buffer(capacity: header.headerLength + length + remaining)
+            // Room for the frames still held too, unless that is a large
+            // partial frame (which would only be slack in the pending write).
+            bytes = allocator.buffer(capacity: header.headerLength + length + (remaining < 1 << 16 ? remaining : 0))
         }
         FrameWriter.append(to: &bytes!, firstByte: header.firstByte, payload: payload, payloadKey: header.maskKey ?? 0, newKey: newKey)
         if header.fin { messages += 1 }

@@ -57,8 +57,16 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 leg.violation(violation, framingBroken: true)
             case .frame(let header, var payload, let start):
                 switch validator.validate(header, payload: &payload) {
-                case .success(.data):
+                case .success(.data) where header.hasMinimalLength:
                     run.add(start: start, end: start + header.headerLength + payload.readableBytes, fin: header.fin, payloadBytes: payload.readableBytes)
+                case .success(.data):
+                    // A length in a longer encoding than needed is not valid
+                    // from a sender: re-encode this frame instead of passing it on.
+                    run.send(from: source, to: leg)
+                    let frame = MaskedFrameWriter.serialize(
+                        fin: header.fin, opcode: header.opcode, payload: payload, payloadMaskedWith: nil, newKey: nil,
+                        allocator: context.channel.allocator)
+                    leg.received(frame, messages: header.fin ? 1 : 0, payloadBytes: payload.readableBytes)
                 case .success(.ping(let payload)):
                     run.send(from: source, to: leg)
                     guard !closeSent else { continue }
