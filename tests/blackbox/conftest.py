@@ -476,23 +476,34 @@ class Upstreams:
         finally:
             writer.close()
 
+    @staticmethod
+    async def _accept_upgrade(reader, writer) -> None:
+        """A hand-written server side of the handshake: read the request, send the 101."""
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1")
+        key = rawws.parse_headers(head).get("sec-websocket-key", "")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {rawws.accept_for(key)}\r\n\r\n".encode()
+        )
+        await writer.drain()
+
+    @staticmethod
+    async def _read_frame(reader, timeout: float = 10) -> tuple[int, bytes]:
+        """One frame from the gateway: (first byte, unmasked payload)."""
+        b0, b1 = await asyncio.wait_for(reader.readexactly(2), timeout)
+        n = b1 & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", await reader.readexactly(2))
+        elif n == 127:
+            (n,) = struct.unpack("!Q", await reader.readexactly(8))
+        mask = await reader.readexactly(4) if b1 & 0x80 else b""
+        payload = await reader.readexactly(n)
+        return b0, rawws.apply_mask(payload, mask) if mask else payload
+
     async def _reset(self, reader, writer) -> None:
         try:
-            head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1")
-            key = rawws.parse_headers(head).get("sec-websocket-key", "")
-            writer.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                + f"Sec-WebSocket-Accept: {rawws.accept_for(key)}\r\n\r\n".encode()
-            )
-            await writer.drain()
-            # read exactly one frame (the first message), then reset the TCP connection
-            b0, b1 = await asyncio.wait_for(reader.readexactly(2), 10)
-            n = b1 & 0x7F
-            if n == 126:
-                (n,) = struct.unpack("!H", await reader.readexactly(2))
-            elif n == 127:
-                (n,) = struct.unpack("!Q", await reader.readexactly(8))
-            await reader.readexactly((4 if b1 & 0x80 else 0) + n)
+            await self._accept_upgrade(reader, writer)
+            await self._read_frame(reader)  # the first message, then reset the TCP connection
             self.reset_got_message.set()
         except Exception:
             pass
@@ -509,23 +520,10 @@ class Upstreams:
         the 64-bit encoding even when it is short: not valid for a sender
         (RFC 6455 5.2 asks for the minimal encoding), but readable."""
         try:
-            head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1")
-            key = rawws.parse_headers(head).get("sec-websocket-key", "")
-            writer.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                + f"Sec-WebSocket-Accept: {rawws.accept_for(key)}\r\n\r\n".encode()
-            )
+            await self._accept_upgrade(reader, writer)
             while True:
-                b0, b1 = await asyncio.wait_for(reader.readexactly(2), 10)
-                n = b1 & 0x7F
-                if n == 126:
-                    (n,) = struct.unpack("!H", await reader.readexactly(2))
-                elif n == 127:
-                    (n,) = struct.unpack("!Q", await reader.readexactly(8))
-                mask = await reader.readexactly(4) if b1 & 0x80 else b""
-                payload = await reader.readexactly(n)
-                if mask:
-                    payload = rawws.apply_mask(payload, mask)
+                b0, payload = await self._read_frame(reader)
+                n = len(payload)
                 if b0 & 0x0F == 0x8:  # close: answer and stop
                     writer.write(bytes([0x88, len(payload[:2])]) + payload[:2])
                     await writer.drain()
