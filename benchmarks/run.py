@@ -304,6 +304,14 @@ routes:
         os.chmod(d, 0o755)  # the worker may run as nobody
         port = free_port()
         conf = d / "nginx.conf"
+        # the WebSocket proxying both locations share
+        proxy = f"""      proxy_pass http://127.0.0.1:{self.echo_port};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+"""
         conf.write_text(f"""worker_processes 1;
 worker_rlimit_nofile 20000;
 daemon off;
@@ -321,22 +329,10 @@ http {{
   server {{
     listen 127.0.0.1:{port};
     location / {{
-      proxy_pass http://127.0.0.1:{self.echo_port};
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_read_timeout 1h;
-      proxy_send_timeout 1h;
-    }}
+{proxy}    }}
     # scenario c (64 KiB messages): 64 KiB proxy buffers
     location /big {{
-      proxy_pass http://127.0.0.1:{self.echo_port};
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_read_timeout 1h;
-      proxy_send_timeout 1h;
-      proxy_buffer_size 64k;
+{proxy}      proxy_buffer_size 64k;
       proxy_buffers 4 64k;
     }}
   }}
