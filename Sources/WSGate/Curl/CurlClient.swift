@@ -4,8 +4,9 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-/// All HTTP upstream traffic goes through one libcurl multi handle, driven by
-/// one worker thread.
+/// One libcurl multi handle, driven by one worker thread. `CurlWorkers`
+/// makes one per event loop; every HTTP upstream request of that loop's
+/// sessions goes through it.
 ///
 /// Why a dedicated thread rather than libcurl on the event loops: libcurl
 /// handles may only be touched from one thread, and a thread that owns every
@@ -18,7 +19,7 @@ import NIOPosix
 /// every socket on each wake-up and made the worker the bottleneck at a few
 /// dozen concurrent requests. Completions go back to the requesting Session's event loop through
 /// its promise. One multi handle also means one connection cache: keep-alive
-/// connections are reused across all client connections.
+/// connections are reused across all client connections of the loop.
 ///
 /// Requests beyond `maxInFlight` wait in the queue *before* they are added to
 /// the multi handle, because `CURLOPT_TIMEOUT_MS` counts time spent waiting
@@ -267,7 +268,7 @@ private final class Transfer {
             wsgate_curl_easy_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
             var typePointer: UnsafePointer<CChar>? = nil
             wsgate_curl_easy_getinfo_string(handle, CURLINFO_CONTENT_TYPE, &typePointer)
-            let contentType = typePointer.map { String(cString: $0) }.map(Self.mediaType)
+            let contentType = typePointer.map(MediaType.parse)
             let response = CurlResponse(status: status, contentType: contentType, body: responseBody)
             return { promise.succeed(response) }
         }
@@ -276,21 +277,6 @@ private final class Transfer {
             ? CurlFailure(cause: .upstreamProtocolError, message: "response body over \(request.maxResponseBytes) bytes", curlCode: Int32(code.rawValue))
             : CurlFailure(cause: CurlErrorClassifier.cause(code), message: detail, curlCode: Int32(code.rawValue))
         return { promise.fail(failure) }
-    }
-
-    /// `text/plain; charset=utf-8` → `text/plain`
-    static func mediaType(_ header: String) -> String {
-        let main = header.split(separator: ";", maxSplits: 1).first ?? ""
-        return main.trimmingCharacters(in: " \t").lowercased()
-    }
-}
-
-private extension Substring {
-    func trimmingCharacters(in set: String) -> String {
-        var s = self
-        while let f = s.first, set.contains(f) { s = s.dropFirst() }
-        while let l = s.last, set.contains(l) { s = s.dropLast() }
-        return String(s)
     }
 }
 

@@ -55,3 +55,27 @@ struct CurlFailure: Error, Sendable {
     var message: String
     var curlCode: Int32
 }
+
+/// The media type of a `Content-Type` header, which decides whether an HTTP
+/// response becomes a text or a binary message.
+enum MediaType {
+    /// `Text/Plain; charset=utf-8` → `text/plain`: the type without
+    /// parameters, trimmed and lower-cased. One pass over libcurl's C string
+    /// (this runs on a curl worker thread for every response).
+    static func parse(_ header: UnsafePointer<CChar>) -> String {
+        let bytes = UnsafeRawPointer(header).assumingMemoryBound(to: UInt8.self)
+        var end = 0
+        while bytes[end] != 0 && bytes[end] != UInt8(ascii: ";") { end += 1 }
+        var start = 0
+        func isBlank(_ b: UInt8) -> Bool { b == UInt8(ascii: " ") || b == UInt8(ascii: "\t") }
+        while start < end && isBlank(bytes[start]) { start += 1 }
+        while end > start && isBlank(bytes[end - 1]) { end -= 1 }
+        return String(unsafeUninitializedCapacity: end - start) { out in
+            for i in start..<end {
+                let b = bytes[i]
+                out[i - start] = (b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z")) ? b | 0x20 : b
+            }
+            return end - start
+        }
+    }
+}

@@ -30,8 +30,8 @@ final class GatewayContext: Sendable {
     let eventLog: EventLog
     let logger: Logger
     let registry = SessionRegistry()
-    /// The libcurl client, only when a route has an HTTP upstream.
-    let curl: CurlClient?
+    /// The libcurl workers, only when a route has an HTTP upstream.
+    let curl: CurlWorkers?
     let metrics: GatewayMetrics
     /// `listen.tls`: terminate wss:// here.
     let serverTLS: NIOSSLContext?
@@ -61,7 +61,7 @@ final class GatewayContext: Sendable {
         }
         self.upstreamTLS = upstreamTLS
         let needsHTTP = config.routes.contains { if case .http = $0.upstream { return true } else { return false } }
-        self.curl = needsHTTP ? CurlClient(eventLoop: group.next()) : nil
+        self.curl = needsHTTP ? CurlWorkers(group: group) : nil
     }
 }
 

@@ -64,7 +64,7 @@ final class ClientConnection: @unchecked Sendable {
                 offeredProtocols: offered, settings: gateway.settings,
                 tls: gateway.upstreamTLS[match.route.path], serverName: match.route.tls?.serverName)
         case .http:
-            guard let curl = gateway.curl else {
+            guard let curl = gateway.curl?.client(for: eventLoop) else {
                 session.startRefused(.internalError)
                 return eventLoop.makeSucceededFuture(HTTPHeaders())
             }
