@@ -34,6 +34,17 @@ work=${keep:-$(mktemp -d /tmp/wsgate-docker.XXXXXX)}
 mkdir -p "$work"
 dockerd_pid=""
 container=""
+# Stops our dockerd by PID; it leaves its default network namespace
+# bind-mounted under exec-root, which would keep $work from being removed.
+stop_dockerd() {
+  if [ -n "$dockerd_pid" ]; then
+    kill "$dockerd_pid" 2>/dev/null
+    for _ in $(seq 1 50); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$dockerd_pid" 2>/dev/null
+    dockerd_pid=""
+  fi
+  umount "$work/exec/netns/default" 2>/dev/null || true
+}
 cleanup() {
   local rc=$?
   set +e
@@ -41,14 +52,8 @@ cleanup() {
     if [ "$rc" -ne 0 ]; then echo "--- container logs"; docker logs "$container" 2>&1 | tail -40; fi
     docker rm -f "$container" >/dev/null 2>&1
   fi
-  if [ -n "$dockerd_pid" ]; then
-    kill "$dockerd_pid" 2>/dev/null
-    for _ in $(seq 1 50); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.2; done
-    kill -9 "$dockerd_pid" 2>/dev/null
-  fi
+  stop_dockerd
   umount -R "$work/builder-root/proc" 2>/dev/null
-  # dockerd leaves its default network namespace bind-mounted under exec-root.
-  umount "$work/exec/netns/default" 2>/dev/null
   if [ -z "$keep" ]; then rm -rf "$work"; else rm -f "$work/docker.sock"; fi
 }
 trap cleanup EXIT
@@ -71,8 +76,7 @@ start_dockerd() {
     kill -0 "$dockerd_pid" 2>/dev/null || break
     sleep 0.2
   done
-  kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null; dockerd_pid=""
-  umount "$work/exec/netns/default" 2>/dev/null
+  stop_dockerd
   return 1
 }
 driver=overlay2

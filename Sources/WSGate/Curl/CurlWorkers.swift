@@ -1,5 +1,4 @@
 import NIOCore
-import NIOPosix
 
 /// One `CurlClient` (a libcurl multi handle and its worker thread) per
 /// event loop; an HTTP upstream uses the worker of its session's loop.
@@ -16,20 +15,10 @@ final class CurlWorkers: Sendable {
     private let all: [CurlClient]
 
     init(group: EventLoopGroup) {
-        var loops: [EventLoop] = []
-        if let multi = group as? MultiThreadedEventLoopGroup {
-            loops = Array(multi.makeIterator())
-        }
-        if loops.isEmpty { loops = [group.next()] }
-        var byLoop: [ObjectIdentifier: CurlClient] = [:]
-        var all: [CurlClient] = []
-        for loop in loops {
-            let client = CurlClient(eventLoop: loop)
-            byLoop[ObjectIdentifier(loop)] = client
-            all.append(client)
-        }
-        self.byLoop = byLoop
+        let loops = Array(group.makeIterator())
+        let all = loops.map { CurlClient(eventLoop: $0) }
         self.all = all
+        self.byLoop = Dictionary(uniqueKeysWithValues: zip(loops.map(ObjectIdentifier.init), all))
     }
 
     /// The worker paired with `eventLoop` (the first one for a loop from
