@@ -45,7 +45,7 @@ public struct ClosePolicy: Sendable {
     public var shutdownCode: UInt16
     public var maxMessageBytes: Int
 
-    public init(overrides: [CloseCause: UInt16] = [:], shutdownCode: UInt16 = 1001, maxMessageBytes: Int = 1_048_576) {
+    public init(overrides: [CloseCause: UInt16] = [:], shutdownCode: UInt16 = CloseCode.goingAway, maxMessageBytes: Int = 1_048_576) {
         self.overrides = overrides
         self.shutdownCode = shutdownCode
         self.maxMessageBytes = maxMessageBytes
@@ -57,31 +57,27 @@ public struct ClosePolicy: Sendable {
 
     /// Codes a `close_codes` override may name: those a client may receive
     /// in a frame, plus 1006 meaning "drop the TCP connection".
-    public static func isAllowedOverride(_ code: Int) -> Bool {
-        (1000...1003).contains(code) || (1007...1014).contains(code) || (3000...4999).contains(code) || code == 1006
-    }
+    public static func isAllowedOverride(_ code: Int) -> Bool { CloseCode.isAllowedOverride(code) }
 
     /// Codes that may appear in a received close frame (RFC 6455 §7.4 plus the
     /// IANA-registered 1012–1014, which some libraries wrongly reject).
-    public static func isValidReceivedCode(_ code: UInt16) -> Bool {
-        (1000...1003).contains(code) || (1007...1014).contains(code) || (3000...4999).contains(code)
-    }
+    public static func isValidReceivedCode(_ code: UInt16) -> Bool { CloseCode.isValidReceived(code) }
 
     public func decide(_ cause: CloseCause, _ details: CloseDetails = CloseDetails()) -> CloseDecision {
         switch cause {
         case .clientClosed, .upstreamClosed:
             guard let code = details.peerCode else {
-                return CloseDecision(code: 1005, reason: "", action: .sendEmpty)
+                return CloseDecision(code: CloseCode.noStatus, reason: "", action: .sendEmpty)
             }
             return CloseDecision(code: code, reason: CloseReason.truncate(details.peerReason), action: .sendCode)
         case .clientGone:
-            return CloseDecision(code: 1006, reason: "", action: .none)
+            return CloseDecision(code: CloseCode.abnormal, reason: "", action: .none)
         default:
             break
         }
         let code = overrides[cause] ?? defaultCode(cause, details)
-        if code == 1006 {
-            return CloseDecision(code: 1006, reason: "", action: .abort)
+        if code == CloseCode.abnormal {
+            return CloseDecision(code: CloseCode.abnormal, reason: "", action: .abort)
         }
         let reason = CloseReason.truncate(details.reasonOverride ?? defaultReason(cause, details))
         return CloseDecision(code: code, reason: reason, action: .sendCode)
@@ -89,27 +85,27 @@ public struct ClosePolicy: Sendable {
 
     public func defaultCode(_ cause: CloseCause, _ details: CloseDetails) -> UInt16 {
         switch cause {
-        case .clientClosed, .upstreamClosed: return details.peerCode ?? 1005
-        case .clientGone: return 1006
-        case .clientProtocolError: return 1002
-        case .clientInvalidUTF8: return 1007
-        case .clientMessageTooBig: return 1009
+        case .clientClosed, .upstreamClosed: return details.peerCode ?? CloseCode.noStatus
+        case .clientGone: return CloseCode.abnormal
+        case .clientProtocolError: return CloseCode.protocolError
+        case .clientInvalidUTF8: return CloseCode.invalidPayload
+        case .clientMessageTooBig: return CloseCode.messageTooBig
         case .upstreamUnreachable, .upstreamTLSError, .upstreamTimeout, .upstreamHandshakeRejected,
             .upstreamProtocolError:
-            return 1014
-        case .upstreamReset: return 1006
+            return CloseCode.badGateway
+        case .upstreamReset: return CloseCode.abnormal
         case .upstreamHTTPError:
             switch details.httpStatus ?? 500 {
-            case 500: return 1011
-            case 502, 504: return 1014
-            case 503: return 1013
-            case 400..<500: return 1008
-            default: return 1011
+            case 500: return CloseCode.internalError
+            case 502, 504: return CloseCode.badGateway
+            case 503: return CloseCode.tryAgainLater
+            case 400..<500: return CloseCode.policyViolation
+            default: return CloseCode.internalError
             }
-        case .idleTimeout: return 1001
+        case .idleTimeout: return CloseCode.goingAway
         case .shutdown: return shutdownCode
-        case .overloaded: return 1013
-        case .internalError: return 1011
+        case .overloaded: return CloseCode.tryAgainLater
+        case .internalError: return CloseCode.internalError
         }
     }
 
@@ -130,7 +126,7 @@ public struct ClosePolicy: Sendable {
         case .upstreamHTTPError:
             return details.httpStatus.map { "upstream HTTP \($0)" } ?? "upstream HTTP error"
         case .idleTimeout: return "idle timeout"
-        case .shutdown: return shutdownCode == 1012 ? "gateway restarting" : "gateway shutting down"
+        case .shutdown: return shutdownCode == CloseCode.serviceRestart ? "gateway restarting" : "gateway shutting down"
         case .overloaded: return "gateway overloaded, try again later"
         case .internalError: return "internal error"
         }

@@ -216,7 +216,7 @@ private struct Reader {
                 config.shutdown.drainTimeoutMs = v
             }
             if let n = m["close_code"], let v = int(n, "shutdown.close_code", in: 1000...4999) {
-                if v == 1001 || v == 1012 {
+                if CloseCode.shutdownChoices.contains(UInt16(v)) {
                     config.shutdown.closeCode = UInt16(v)
                 } else {
                     problem("shutdown.close_code", "must be 1001 (Going Away) or 1012 (Service Restart), found \(v)")
@@ -400,7 +400,7 @@ private struct Reader {
             guard let code = int(value, path, in: 0...65535) else { continue }
             if !cause.isOverridable {
                 problem(path, "cannot be overridden: the code is the one the peer sent")
-            } else if !ClosePolicy.isAllowedOverride(code) {
+            } else if !CloseCode.isAllowedOverride(code) {
                 problem(path, "\(code) is not allowed (use 1000-1003, 1007-1014, 3000-4999, or 1006 to drop the TCP connection)")
             } else {
                 overrides[cause] = UInt16(code)

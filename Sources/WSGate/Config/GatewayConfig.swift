@@ -36,7 +36,7 @@ public struct GatewayConfig: Sendable, Equatable {
 
     public struct Shutdown: Sendable, Equatable {
         public var drainTimeoutMs = 10_000
-        public var closeCode: UInt16 = 1001
+        public var closeCode: UInt16 = CloseCode.goingAway
     }
 
     public enum LogFormat: String, Sendable, Equatable, CaseIterable {

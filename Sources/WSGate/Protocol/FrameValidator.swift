@@ -117,7 +117,7 @@ public struct FrameValidator {
             return .failure(.protocolError("control frame over 125 bytes"))
         default:
             let code = payload.readInteger(as: UInt16.self)!
-            guard ClosePolicy.isValidReceivedCode(code) else {
+            guard CloseCode.isValidReceived(code) else {
                 return .failure(.protocolError("invalid close code \(code)"))
             }
             var validator = UTF8Validator()

@@ -20,6 +20,8 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = ByteBuffer
 
     private let session: Session
+    /// What the upstream takes, fixed when the leg is attached.
+    private let format: ClientFrameFormat
     private var reader: FrameReader
     private var validator: FrameValidator
     private var maskingKeys = MaskingKeySource()
@@ -32,8 +34,9 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private(set) var closeFrameSent = false
     private var inputDone = false
 
-    init(session: Session, maxMessageBytes: Int) {
+    init(session: Session, format: ClientFrameFormat, maxMessageBytes: Int) {
         self.session = session
+        self.format = format
         self.reader = FrameReader(maxFrameBytes: maxMessageBytes)
         self.validator = FrameValidator(role: .fromClient, maxMessageBytes: maxMessageBytes)
     }
@@ -51,7 +54,7 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !inputDone else { return }
         reader.append(unwrapInboundIn(data))
-        let format = session.clientFrameFormat
+        let newKeys = format == .maskedFrames
         // Relayed frames of this read, serialized for the upstream.
         var batch = RelayBatch()
         while !inputDone {
@@ -68,14 +71,9 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 switch validator.validate(header, payload: &payload) {
                 case .success(.data):
                     guard !closeFrameSent else { continue }
-                    switch format {
-                    case .messages:
-                        session.clientData(DataFrame(header: header, payload: payload))
-                    case .maskedFrames:
-                        batch.append(header, payload, newKey: maskingKeys.nextWord(), remaining: reader.bufferedBytes, allocator: context.channel.allocator)
-                    case .plainFrames:
-                        batch.append(header, payload, newKey: nil, remaining: reader.bufferedBytes, allocator: context.channel.allocator)
-                    }
+                    batch.append(
+                        header, payload, newKey: newKeys ? maskingKeys.nextWord() : nil, remaining: reader.bufferedBytes,
+                        allocator: context.channel.allocator)
                 case .success(.ping(let payload)):
                     guard !closeFrameSent else { continue }
                     // Echoed data before this ping goes out before its pong.
@@ -123,8 +121,8 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// An unmasked frame in a buffer of its own (pong, close, messages).
-    private func serialize(opcode: WebSocketOpcode, fin: Bool = true, payload: ByteBuffer, context: ChannelHandlerContext) -> ByteBuffer {
-        MaskedFrameWriter.serialize(fin: fin, opcode: opcode, payload: payload, payloadMaskedWith: nil, newKey: nil, allocator: context.channel.allocator)
+    private func serialize(opcode: WebSocketOpcode, payload: ByteBuffer, context: ChannelHandlerContext) -> ByteBuffer {
+        MaskedFrameWriter.serialize(fin: true, opcode: opcode, payload: payload, payloadMaskedWith: nil, newKey: nil, allocator: context.channel.allocator)
     }
 
     // MARK: Outbound
@@ -145,12 +143,6 @@ final class ClientLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func writeFrames(_ bytes: ByteBuffer) {
         guard let context, !closeFrameSent else { return }
         context.write(wrapOutboundOut(bytes), promise: nil)
-    }
-
-    /// Writes one message (HTTP upstream responses). Not flushed.
-    func write(_ frame: WebSocketFrame) {
-        guard let context, !closeFrameSent else { return }
-        context.write(wrapOutboundOut(serialize(opcode: frame.opcode, fin: frame.fin, payload: frame.data, context: context)), promise: nil)
     }
 
     func flush() {
@@ -237,7 +229,7 @@ struct RelayBatch {
 
     mutating func send(to session: Session) {
         guard let out = bytes else { return }
-        session.clientFrames(out, messages: messages, payloadBytes: payloadBytes)
+        session.clientFrames(FrameBatch(bytes: out, messages: messages, payloadBytes: payloadBytes))
         self = RelayBatch()
     }
 }

@@ -3,23 +3,6 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 
-/// Timeouts and limits a Session and its legs use, converted once from config.
-struct SessionSettings: Sendable {
-    var maxMessageBytes: Int
-    var closeHandshake: TimeAmount
-    var upstreamConnect: TimeAmount
-    var upstreamHandshake: TimeAmount
-    var idleTimeout: TimeAmount
-
-    init(config: GatewayConfig) {
-        maxMessageBytes = config.limits.maxMessageBytes
-        closeHandshake = .milliseconds(Int64(config.timeouts.closeHandshakeMs))
-        upstreamConnect = .milliseconds(Int64(config.timeouts.upstreamConnectMs))
-        upstreamHandshake = .milliseconds(Int64(config.timeouts.upstreamHandshakeMs))
-        idleTimeout = .milliseconds(Int64(config.limits.idleTimeoutMs))
-    }
-}
-
 /// What every Session shares: config-derived policy and settings, the event
 /// log, and the registry of live sessions.
 final class GatewayContext: Sendable {
@@ -63,26 +46,4 @@ final class GatewayContext: Sendable {
         let needsHTTP = config.routes.contains { if case .http = $0.upstream { return true } else { return false } }
         self.curl = needsHTTP ? CurlWorkers(group: group) : nil
     }
-}
-
-/// The live sessions, for the connection limit and the shutdown drain.
-///
-/// Touched twice per connection (open and close), never per frame, so a
-/// lock is cheaper and simpler than per-loop sharding.
-final class SessionRegistry: Sendable {
-    private let sessions = NIOLockedValueBox<[ObjectIdentifier: Session]>([:])
-
-    /// Registers a session; returns false if it was already registered.
-    @discardableResult
-    func add(_ session: Session) -> Bool {
-        sessions.withLockedValue { $0.updateValue(session, forKey: ObjectIdentifier(session)) == nil }
-    }
-
-    func remove(_ session: Session) {
-        sessions.withLockedValue { _ = $0.removeValue(forKey: ObjectIdentifier(session)) }
-    }
-
-    var count: Int { sessions.withLockedValue { $0.count } }
-
-    var all: [Session] { sessions.withLockedValue { Array($0.values) } }
 }

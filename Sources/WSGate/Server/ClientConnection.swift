@@ -53,27 +53,12 @@ final class ClientConnection: @unchecked Sendable {
             return eventLoop.makeSucceededFuture(HTTPHeaders())
         }
         let upstream: UpstreamLeg
-        switch match.route.upstream {
-        case .echo:
-            upstream = EchoUpstream(session: session)
-        case .webSocket:
-            let offered = Self.offeredProtocols(head.headers)
-            upstream = WebSocketUpstream(
-                session: session, url: match.upstreamURL!,
-                requestHeaders: upstreamHeaders(for: head, url: match.upstreamURL!, route: match.route, connectionID: session.id),
-                offeredProtocols: offered, settings: gateway.settings,
-                tls: gateway.upstreamTLS[match.route.path], serverName: match.route.tls?.serverName)
-        case .http:
-            guard let curl = gateway.curl?.client(for: eventLoop) else {
-                session.startRefused(.internalError)
-                return eventLoop.makeSucceededFuture(HTTPHeaders())
-            }
-            let http = HTTPUpstream(
-                session: session, client: curl, url: match.upstreamURL!, route: match.route,
-                commonHeaders: httpHeaderLines(for: head, route: match.route, connectionID: session.id),
-                config: gateway.config, logger: gateway.logger)
-            http.requestTimer = gateway.metrics.httpRequest
-            upstream = http
+        do {
+            upstream = try UpstreamFactory(gateway: gateway).make(
+                for: match, request: head, clientIP: channel.remoteAddress?.ipAddress, connectionID: session.id, eventLoop: eventLoop)
+        } catch {
+            session.startRefused(.internalError)
+            return eventLoop.makeSucceededFuture(HTTPHeaders())
         }
         return session.start(upstream: upstream).map { chosen in
             var headers = HTTPHeaders()
@@ -97,48 +82,9 @@ final class ClientConnection: @unchecked Sendable {
             let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
             channel.pipeline.syncOperations.removeHandler(decoder, promise: nil)
             let encoder = try channel.pipeline.syncOperations.handler(type: WebSocketFrameEncoder.self)
-            let handler = ClientLegHandler(session: session, maxMessageBytes: self.gateway.settings.maxMessageBytes)
+            let handler = ClientLegHandler(session: session, format: session.clientFrameFormat, maxMessageBytes: self.gateway.settings.maxMessageBytes)
             try channel.pipeline.syncOperations.addHandler(handler, position: .before(encoder))
             session.clientAttached(handler)
         }
-    }
-
-    /// Header lines every HTTP upstream request of this connection carries
-    /// (contract §6): connection id, `X-Forwarded-For`, `forward_headers`.
-    func httpHeaderLines(for head: HTTPRequestHead, route: Route, connectionID: String) -> [String] {
-        var lines = ["X-WSGate-Connection-Id: \(connectionID)", "X-Forwarded-For: \(forwardedFor(head))"]
-        for name in route.forwardHeaders {
-            for value in head.headers[name] where !value.utf8.contains(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0 }) {
-                lines.append("\(name): \(value)")
-            }
-        }
-        return lines
-    }
-
-    /// The client's address appended to any `X-Forwarded-For` it sent.
-    func forwardedFor(_ head: HTTPRequestHead) -> String {
-        let clientIP = channel.remoteAddress?.ipAddress ?? "unknown"
-        let prior = head.headers["x-forwarded-for"].joined(separator: ", ")
-        return prior.isEmpty ? clientIP : "\(prior), \(clientIP)"
-    }
-
-    static func offeredProtocols(_ headers: HTTPHeaders) -> [String] {
-        headers[canonicalForm: "sec-websocket-protocol"].map { String($0) }.filter { !$0.isEmpty }
-    }
-
-    /// The upstream's handshake headers: Host, the client's subprotocol
-    /// offer, the route's `forward_headers`, `X-Forwarded-For` (appended to
-    /// any the client sent) and the connection id for correlation.
-    func upstreamHeaders(for head: HTTPRequestHead, url: URLParts, route: Route, connectionID: String) -> HTTPHeaders {
-        var headers = HTTPHeaders()
-        headers.add(name: "Host", value: url.hostHeader)
-        let offered = Self.offeredProtocols(head.headers)
-        if !offered.isEmpty { headers.add(name: "Sec-WebSocket-Protocol", value: offered.joined(separator: ", ")) }
-        for name in route.forwardHeaders {
-            for value in head.headers[name] { headers.add(name: name, value: value) }
-        }
-        headers.add(name: "X-Forwarded-For", value: forwardedFor(head))
-        headers.add(name: "X-WSGate-Connection-Id", value: connectionID)
-        return headers
     }
 }

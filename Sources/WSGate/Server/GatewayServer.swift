@@ -45,7 +45,7 @@ public final class GatewayServer: Sendable {
             // Half-open clients (vanished without FIN) are eventually found by the kernel.
             .childChannelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
             .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
-            .childChannelOption(ChannelOptions.recvAllocator, value: GatewayServer.receiveBuffers)
+            .childChannelOption(ChannelOptions.recvAllocator, value: SessionSettings.receiveBuffers)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let serverTLS {
@@ -79,12 +79,6 @@ public final class GatewayServer: Sendable {
         }
         return port
     }
-
-    /// Receive buffers start small and grow with the traffic (NIO's adaptive
-    /// allocator doubles them when a read fills one). Each channel keeps its
-    /// last buffer for reuse, so the starting size is what an idle
-    /// connection holds: 512 bytes instead of NIO's default 2048, per socket.
-    static let receiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
 
     /// Stops accepting new connections.
     public func stopAccepting() async {

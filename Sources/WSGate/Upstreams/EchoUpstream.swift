@@ -1,21 +1,22 @@
 import NIOCore
-import NIOWebSocket
 
 /// `builtin:echo`: every client message comes straight back, frame by frame.
 ///
 /// It has no socket of its own: "writable" means the client can take the
 /// echoed bytes, so a client that sends faster than it reads is paused by
 /// the same backpressure path as a real upstream.
-final class EchoUpstream: UpstreamLeg {
-    private weak var session: Session?
-    private var ended = false
+final class EchoUpstream: LocalUpstream {
+    private(set) weak var delegate: UpstreamLegDelegate?
+    var hasEnded = false
+    private let eventLoop: EventLoop
 
-    init(session: Session) {
-        self.session = session
+    init(eventLoop: EventLoop) {
+        self.eventLoop = eventLoop
     }
 
-    func connect() -> EventLoopFuture<String?> {
-        session!.eventLoop.makeSucceededFuture(nil)
+    func connect(delegate: UpstreamLegDelegate) -> EventLoopFuture<String?> {
+        self.delegate = delegate
+        return eventLoop.makeSucceededFuture(nil)
     }
 
     func startRelaying() {}
@@ -24,31 +25,17 @@ final class EchoUpstream: UpstreamLeg {
     /// back as they are.
     var clientFrameFormat: ClientFrameFormat { .plainFrames }
 
-    func send(_ frame: DataFrame) {
-        assertionFailure("the echo upstream takes plain frames")
-    }
-
-    func sendFrames(_ bytes: ByteBuffer, messages: Int, payloadBytes: Int) {
-        session?.upstreamFrames(bytes, messages: messages, payloadBytes: payloadBytes)
+    func send(_ batch: FrameBatch) {
+        delegate?.upstreamSent(batch)
     }
 
     func flush() {
-        session?.upstreamReadComplete()
+        delegate?.upstreamReadComplete()
     }
 
-    var isWritable: Bool { session?.isClientWritable ?? false }
+    var isWritable: Bool { delegate?.mayReadUpstream ?? false }
 
     func clientBecameWritable() {
-        session?.upstreamBecameWritable()
-    }
-
-    func close(code: UInt16?, reason: String) { end() }
-
-    func abort() { end() }
-
-    private func end() {
-        guard !ended else { return }
-        ended = true
-        session?.upstreamEnded()
+        delegate?.upstreamBecameWritable()
     }
 }

@@ -7,7 +7,7 @@ import NIOWebSocket
 /// one HTTP request made with libcurl; a 2xx response body becomes one
 /// message back. Requests of one connection run concurrently (up to
 /// `maxInFlight`), responses are delivered strictly in message order.
-final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
+final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
     /// One message's request, in order; `result` is set when it completes.
     private final class Slot {
         var result: Result<CurlResponse, Error>?
@@ -17,7 +17,8 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
     /// the client until responses come back (backpressure).
     static let maxInFlight = 32
 
-    private weak var session: Session?
+    private(set) weak var delegate: UpstreamLegDelegate?
+    var hasEnded = false
     private let eventLoop: EventLoop
     private let client: CurlClient
     private let url: URLParts
@@ -34,15 +35,15 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
     /// `wsgate_http_upstream_request_seconds`.
     var requestTimer: CoreMetrics.Timer?
 
+    /// A fragmented message being put together (single-frame messages,
+    /// the usual case, go on as a slice of the client's batch, uncopied).
     private var message: ByteBuffer?
     private var messageIsText = false
     private var inFlight = CircularBuffer<Slot>()
-    private var ended = false
     private let allocator = ByteBufferAllocator()
 
-    init(session: Session, client: CurlClient, url: URLParts, route: Route, commonHeaders: [String], config: GatewayConfig, logger: Logger) {
-        self.session = session
-        self.eventLoop = session.eventLoop
+    init(eventLoop: EventLoop, client: CurlClient, url: URLParts, route: Route, commonHeaders: [String], config: GatewayConfig, logger: Logger) {
+        self.eventLoop = eventLoop
         self.client = client
         self.url = url
         self.route = route
@@ -77,7 +78,8 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
 
     // MARK: Connecting: the optional connect_url hook
 
-    func connect() -> EventLoopFuture<String?> {
+    func connect(delegate: UpstreamLegDelegate) -> EventLoopFuture<String?> {
+        self.delegate = delegate
         guard let connectURL = route.http.connectURL else {
             return eventLoop.makeSucceededFuture(nil)
         }
@@ -104,22 +106,28 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
 
     // MARK: Messages
 
-    var clientFrameFormat: ClientFrameFormat { .messages }
+    /// Unmasked frames: each message's payload is read straight out of them.
+    var clientFrameFormat: ClientFrameFormat { .plainFrames }
 
-    func sendFrames(_ bytes: ByteBuffer, messages: Int, payloadBytes: Int) {
-        assertionFailure("an HTTP upstream takes messages")
-    }
-
-    func send(_ frame: DataFrame) {
-        guard !ended else { return }
-        if frame.opcodeBits != 0 {  // text or binary: a new message
-            messageIsText = frame.opcodeBits == 0x1
-            message = allocator.buffer(capacity: frame.payload.readableBytes)
-        }
-        message?.writeMasked(frame.payload, key: frame.maskKey)  // unmasks
-        if frame.fin, let body = message {
-            message = nil
-            submit(body, isText: messageIsText)
+    func send(_ batch: FrameBatch) {
+        guard !hasEnded else { return }
+        // The batch holds complete, validated, unmasked frames.
+        var frames = FrameReader(maxFrameBytes: .max)
+        frames.append(batch.bytes)
+        while case .frame(let header, let payload, _) = frames.next() {
+            if header.opcodeBits != 0 {  // text or binary: a new message
+                messageIsText = header.opcodeBits == 0x1
+                if header.fin {
+                    submit(payload, isText: messageIsText)
+                    continue
+                }
+                message = allocator.buffer(capacity: payload.readableBytes)
+            }
+            message?.writeImmutableBuffer(payload)
+            if header.fin, let body = message {
+                message = nil
+                submit(body, isText: messageIsText)
+            }
         }
     }
 
@@ -142,70 +150,67 @@ final class HTTPUpstream: UpstreamLeg, @unchecked Sendable {
         var delivered = false
         while let head = inFlight.first, let result = head.result {
             inFlight.removeFirst()
-            guard !ended, let session else { continue }
+            guard !hasEnded, let delegate else { continue }
             switch result {
             case .success(let response):
                 switch response.status {
                 case 200..<300:
                     if response.status != 204 && response.body.readableBytes > 0 {
-                        session.upstreamReceived(frame(for: response))
+                        delegate.upstreamSent(frame(for: response))
                         delivered = true
                     }
                 case 400...:
                     if route.http.onError == .reply {
-                        session.upstreamReceived(errorMessage(status: response.status))
+                        delegate.upstreamSent(errorMessage(status: response.status))
                         delivered = true
                     } else {
-                        session.upstreamFailed(UpstreamFailure(
+                        delegate.upstreamEvent(.failed(UpstreamFailure(
                             .upstreamHTTPError, httpStatus: response.status,
-                            error: "\(route.http.method) \(url) answered HTTP \(response.status)"))
+                            error: "\(route.http.method) \(url) answered HTTP \(response.status)")))
                     }
                 default:
-                    session.upstreamFailed(UpstreamFailure(
+                    delegate.upstreamEvent(.failed(UpstreamFailure(
                         .upstreamProtocolError, httpStatus: response.status,
-                        error: "\(route.http.method) \(url) answered HTTP \(response.status), which is neither a success nor an error"))
+                        error: "\(route.http.method) \(url) answered HTTP \(response.status), which is neither a success nor an error")))
                 }
             case .failure(let error):
                 let failure = error as? CurlFailure
-                session.upstreamFailed(UpstreamFailure(
-                    failure?.cause ?? .internalError, error: failure.map { "\(route.http.method) \(url): \($0.message)" } ?? "\(error)"))
+                delegate.upstreamEvent(.failed(UpstreamFailure(
+                    failure?.cause ?? .internalError, error: failure.map { "\(route.http.method) \(url): \($0.message)" } ?? "\(error)")))
             }
         }
-        if delivered { session?.upstreamReadComplete() }
-        if wasFull && inFlight.count < Self.maxInFlight { session?.upstreamBecameWritable() }
+        if delivered { delegate?.upstreamReadComplete() }
+        if wasFull && inFlight.count < Self.maxInFlight { delegate?.upstreamBecameWritable() }
     }
 
     /// Text when the response says it is text (`text/*`, `application/json`)
     /// and the body is valid UTF-8, else binary.
-    private func frame(for response: CurlResponse) -> WebSocketFrame {
+    private func frame(for response: CurlResponse) -> FrameBatch {
         var isText = false
         if let type = response.contentType, type.hasPrefix("text/") || type == "application/json" {
             var validator = UTF8Validator()
             isText = response.body.withUnsafeReadableBytes { validator.feed($0) } && validator.isComplete
         }
-        return WebSocketFrame(fin: true, opcode: isText ? .text : .binary, data: response.body)
+        return message(isText ? .text : .binary, response.body)
     }
 
-    private func errorMessage(status: Int) -> WebSocketFrame {
+    private func errorMessage(status: Int) -> FrameBatch {
         let json = #"{"error":{"status":\#(status),"cause":"upstream_http_error"}}"#
-        return WebSocketFrame(fin: true, opcode: .text, data: allocator.buffer(string: json))
+        return message(.text, allocator.buffer(string: json))
     }
 
-    var isWritable: Bool { !ended && inFlight.count < Self.maxInFlight }
+    /// One unfragmented, unmasked message as it goes to the client.
+    private func message(_ opcode: WebSocketOpcode, _ payload: ByteBuffer) -> FrameBatch {
+        let bytes = MaskedFrameWriter.serialize(
+            fin: true, opcode: opcode, payload: payload, payloadMaskedWith: nil, newKey: nil, allocator: allocator)
+        return FrameBatch(bytes: bytes, messages: 1, payloadBytes: payload.readableBytes)
+    }
+
+    var isWritable: Bool { !hasEnded && inFlight.count < Self.maxInFlight }
 
     func flush() {}
 
     func clientBecameWritable() {}
-
-    func close(code: UInt16?, reason: String) { end() }
-
-    func abort() { end() }
-
-    private func end() {
-        guard !ended else { return }
-        ended = true
-        session?.upstreamEnded()
-    }
 
     // MARK: The disconnect_url hook
 

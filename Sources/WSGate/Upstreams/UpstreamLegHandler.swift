@@ -66,7 +66,7 @@ final class UpstreamLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     let frame = MaskedFrameWriter.serialize(
                         fin: header.fin, opcode: header.opcode, payload: payload, payloadMaskedWith: nil, newKey: nil,
                         allocator: context.channel.allocator)
-                    leg.received(frame, messages: header.fin ? 1 : 0, payloadBytes: payload.readableBytes)
+                    leg.received(FrameBatch(bytes: frame, messages: header.fin ? 1 : 0, payloadBytes: payload.readableBytes))
                 case .success(.ping(let payload)):
                     run.send(from: source, to: leg)
                     guard !closeSent else { continue }
@@ -177,7 +177,7 @@ struct FrameRun {
 
     mutating func send(from source: ByteBuffer, to leg: WebSocketUpstream) {
         guard start >= 0 else { return }
-        leg.received(source.getSlice(at: start, length: end - start)!, messages: messages, payloadBytes: payloadBytes)
+        leg.received(FrameBatch(bytes: source.getSlice(at: start, length: end - start)!, messages: messages, payloadBytes: payloadBytes))
         self = FrameRun()
     }
 }

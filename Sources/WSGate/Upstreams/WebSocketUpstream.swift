@@ -18,7 +18,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         case ended
     }
 
-    private weak var session: Session?
+    private weak var delegate: UpstreamLegDelegate?
     private let eventLoop: EventLoop
     private let url: URLParts
     /// Needed for the handshake only; released once it is sent.
@@ -36,15 +36,14 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
     private let serverName: String?
 
     init(
-        session: Session, url: URLParts, requestHeaders: HTTPHeaders, offeredProtocols: [String], settings: SessionSettings,
+        eventLoop: EventLoop, url: URLParts, requestHeaders: HTTPHeaders, offeredProtocols: [String], settings: SessionSettings,
         tls: NIOSSLContext? = nil, serverName: String? = nil
     ) {
         self.tls = tls
         // SNI and verification name: the configured one, else the URL's host
         // unless it is an IP address (NIOSSL then checks the address).
         self.serverName = serverName ?? (Self.isIPAddress(url.host) ? nil : url.host)
-        self.session = session
-        self.eventLoop = session.eventLoop
+        self.eventLoop = eventLoop
         self.url = url
         self.requestHeaders = requestHeaders
         self.offeredProtocols = offeredProtocols
@@ -59,7 +58,8 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
 
     // MARK: Connecting
 
-    func connect() -> EventLoopFuture<String?> {
+    func connect(delegate: UpstreamLegDelegate) -> EventLoopFuture<String?> {
+        self.delegate = delegate
         let promise = eventLoop.makePromise(of: String?.self)
         handshakePromise = promise
         state = .connecting
@@ -71,7 +71,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.upstreamConnect)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
-            .channelOption(ChannelOptions.recvAllocator, value: GatewayServer.receiveBuffers)
+            .channelOption(ChannelOptions.recvAllocator, value: SessionSettings.receiveBuffers)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tls {
@@ -158,7 +158,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         }
         state = .ended
         promise.fail(failure)
-        session?.upstreamEnded()
+        delegate?.upstreamEvent(.ended)
     }
 
     func noteIOError(_ error: Error) {
@@ -174,14 +174,14 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
             return
         case .open:
             state = .ended
-            session?.upstreamFailed(UpstreamFailure(.upstreamReset, error: lastIOError ?? "upstream \(endpoint) closed TCP without a close frame"))
+            delegate?.upstreamEvent(.failed(UpstreamFailure(.upstreamReset, error: lastIOError ?? "upstream \(endpoint) closed TCP without a close frame")))
         case .closing, .idle, .connecting:
             state = .ended
         case .ended:
             return
         }
         handler = nil
-        session?.upstreamEnded()
+        delegate?.upstreamEvent(.ended)
     }
 
     // MARK: UpstreamLeg
@@ -194,13 +194,9 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
     /// out of its read buffer: they go on as they are.
     var clientFrameFormat: ClientFrameFormat { .maskedFrames }
 
-    func send(_ frame: DataFrame) {
-        assertionFailure("a WebSocket upstream takes masked frames")
-    }
-
-    func sendFrames(_ bytes: ByteBuffer, messages: Int, payloadBytes: Int) {
+    func send(_ batch: FrameBatch) {
         guard case .open = state, let handler else { return }
-        handler.writeFrames(bytes)
+        handler.writeFrames(batch.bytes)
     }
 
     func flush() {
@@ -221,7 +217,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         case .open(let channel):
             state = .closing(channel)
             handler?.writeClose(code: code, reason: reason)
-            session?.upstreamCloseSent(code: code, reason: reason)
+            delegate?.upstreamEvent(.closeSent(code: code, reason: reason))
             startCloseTimer(channel)
         case .idle, .connecting, .handshaking:
             abort()
@@ -240,7 +236,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
                 promise.fail(UpstreamFailure(.internalError, error: "aborted"))
             }
             state = .ended
-            session?.upstreamEnded()
+            delegate?.upstreamEvent(.ended)
         case .handshaking(let channel), .open(let channel), .closing(let channel):
             channel.close(promise: nil)
         case .ended:
@@ -257,20 +253,20 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
 
     // MARK: Events from the frame handler
 
-    var mayRead: Bool { session?.mayReadUpstream ?? true }
+    var mayRead: Bool { delegate?.mayReadUpstream ?? true }
 
     /// Validated data frames from the server, as they go to the client.
-    func received(_ bytes: ByteBuffer, messages: Int, payloadBytes: Int) {
+    func received(_ batch: FrameBatch) {
         guard case .open = state else { return }
-        session?.upstreamFrames(bytes, messages: messages, payloadBytes: payloadBytes)
+        delegate?.upstreamSent(batch)
     }
 
     func readComplete() {
-        session?.upstreamReadComplete()
+        delegate?.upstreamReadComplete()
     }
 
     func writabilityChanged(_ writable: Bool) {
-        if writable { session?.upstreamBecameWritable() }
+        if writable { delegate?.upstreamBecameWritable() }
     }
 
     /// The upstream sent a close frame.
@@ -281,7 +277,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
             state = .closing(channel)
             handler?.writeClose(code: code, reason: code == nil ? "" : reason)
             startCloseTimer(channel)
-            session?.upstreamClosed(code: code, reason: reason)
+            delegate?.upstreamEvent(.closeReceived(code: code, reason: reason))
         case .closing:
             // The reply to ours; the server closes TCP next (timer as backstop).
             break
@@ -298,17 +294,11 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
             return
         }
         state = .closing(channel)
-        let code: UInt16
-        let detail: String
-        switch violation {
-        case .protocolError(let d): code = 1002; detail = d
-        case .invalidUTF8: code = 1007; detail = "invalid UTF-8 in a text message or close reason"
-        case .messageTooBig(let limit): code = 1009; detail = "message over \(limit) bytes"
-        }
+        let (code, detail) = ViolationPolicy.upstreamClose(violation)
         handler?.writeClose(code: code, reason: "", thenCloseTCP: framingBroken)
-        session?.upstreamCloseSent(code: code, reason: "")
+        delegate?.upstreamEvent(.closeSent(code: code, reason: ""))
         startCloseTimer(channel)
-        session?.upstreamFailed(UpstreamFailure(.upstreamProtocolError, error: "upstream \(endpoint): \(detail)"))
+        delegate?.upstreamEvent(.failed(UpstreamFailure(.upstreamProtocolError, error: "upstream \(endpoint): \(detail)")))
     }
 }
 

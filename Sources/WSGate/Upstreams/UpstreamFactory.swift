@@ -1,0 +1,75 @@
+import NIOCore
+import NIOHTTP1
+
+/// Builds the upstream leg a route names, with what it carries from the
+/// client's handshake: the subprotocol offer, the route's `forward_headers`,
+/// `X-Forwarded-For` and the connection id (contract §3, §6).
+struct UpstreamFactory {
+    let gateway: GatewayContext
+
+    /// No libcurl worker for an HTTP route (cannot happen when the config
+    /// was loaded: the workers exist whenever a route is HTTP).
+    struct Unavailable: Error {}
+
+    func make(for match: RouteMatch, request head: HTTPRequestHead, clientIP: String?, connectionID: String, eventLoop: EventLoop) throws -> UpstreamLeg {
+        let forwarded = Self.forwardedFor(head, clientIP: clientIP)
+        switch match.route.upstream {
+        case .echo:
+            return EchoUpstream(eventLoop: eventLoop)
+        case .webSocket:
+            return WebSocketUpstream(
+                eventLoop: eventLoop, url: match.upstreamURL!,
+                requestHeaders: Self.upstreamHeaders(
+                    for: head, url: match.upstreamURL!, route: match.route, connectionID: connectionID, forwardedFor: forwarded),
+                offeredProtocols: Self.offeredProtocols(head.headers), settings: gateway.settings,
+                tls: gateway.upstreamTLS[match.route.path], serverName: match.route.tls?.serverName)
+        case .http:
+            guard let curl = gateway.curl?.client(for: eventLoop) else { throw Unavailable() }
+            let http = HTTPUpstream(
+                eventLoop: eventLoop, client: curl, url: match.upstreamURL!, route: match.route,
+                commonHeaders: Self.httpHeaderLines(for: head, route: match.route, connectionID: connectionID, forwardedFor: forwarded),
+                config: gateway.config, logger: gateway.logger)
+            http.requestTimer = gateway.metrics.httpRequest
+            return http
+        }
+    }
+
+    /// Header lines every HTTP upstream request of this connection carries
+    /// (contract §6): connection id, `X-Forwarded-For`, `forward_headers`.
+    static func httpHeaderLines(for head: HTTPRequestHead, route: Route, connectionID: String, forwardedFor: String) -> [String] {
+        var lines = ["X-WSGate-Connection-Id: \(connectionID)", "X-Forwarded-For: \(forwardedFor)"]
+        for name in route.forwardHeaders {
+            for value in head.headers[name] where !value.utf8.contains(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0 }) {
+                lines.append("\(name): \(value)")
+            }
+        }
+        return lines
+    }
+
+    /// The client's address appended to any `X-Forwarded-For` it sent.
+    static func forwardedFor(_ head: HTTPRequestHead, clientIP: String?) -> String {
+        let clientIP = clientIP ?? "unknown"
+        let prior = head.headers["x-forwarded-for"].joined(separator: ", ")
+        return prior.isEmpty ? clientIP : "\(prior), \(clientIP)"
+    }
+
+    static func offeredProtocols(_ headers: HTTPHeaders) -> [String] {
+        headers[canonicalForm: "sec-websocket-protocol"].map { String($0) }.filter { !$0.isEmpty }
+    }
+
+    /// The upstream's handshake headers: Host, the client's subprotocol
+    /// offer, the route's `forward_headers`, `X-Forwarded-For` (appended to
+    /// any the client sent) and the connection id for correlation.
+    static func upstreamHeaders(for head: HTTPRequestHead, url: URLParts, route: Route, connectionID: String, forwardedFor: String) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: url.hostHeader)
+        let offered = offeredProtocols(head.headers)
+        if !offered.isEmpty { headers.add(name: "Sec-WebSocket-Protocol", value: offered.joined(separator: ", ")) }
+        for name in route.forwardHeaders {
+            for value in head.headers[name] { headers.add(name: name, value: value) }
+        }
+        headers.add(name: "X-Forwarded-For", value: forwardedFor)
+        headers.add(name: "X-WSGate-Connection-Id", value: connectionID)
+        return headers
+    }
+}
