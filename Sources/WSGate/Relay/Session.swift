@@ -18,7 +18,7 @@ import NIOCore
 /// event loop (the upstream channel is created on the same loop); every
 /// method must be called there. That is why it can be `@unchecked Sendable`
 /// without locks: NIO closures that hop nowhere may capture it.
-final class Session: UpstreamLegDelegate, @unchecked Sendable {
+final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Sendable {
     let id: String
     let route: Route
     let upstreamLabel: String
@@ -28,7 +28,7 @@ final class Session: UpstreamLegDelegate, @unchecked Sendable {
     private let startedAt = NIODeadline.now()
 
     private var machine: SessionStateMachine
-    private var client: ClientLegHandler?
+    private var client: WebSocketLegHandler?
     private(set) var upstream: UpstreamLeg?
     private var closeTimer: Scheduled<Void>?
     private var idleTimer: Scheduled<Void>?
@@ -102,7 +102,7 @@ final class Session: UpstreamLegDelegate, @unchecked Sendable {
     var clientFrameFormat: ClientFrameFormat { upstream?.clientFrameFormat ?? .plainFrames }
 
     /// The client's 101 went out and its frame handler is in place.
-    func clientAttached(_ handler: ClientLegHandler) {
+    func clientAttached(_ handler: WebSocketLegHandler) {
         eventLoop.preconditionInEventLoop()
         client = handler
         lastActivity = .now()
@@ -111,23 +111,23 @@ final class Session: UpstreamLegDelegate, @unchecked Sendable {
         perform(actions)
     }
 
-    // MARK: - Events from the client leg
+    // MARK: - Events from the client leg (WebSocketLegDelegate)
 
     var isClientWritable: Bool { client?.isWritable ?? false }
 
     /// Whether the client leg may read more: only while the upstream can take
     /// it, except once closing, when the client's close reply must be read.
-    var mayReadClient: Bool { machine.mayReadClient(upstreamWritable: upstream?.isWritable ?? false) }
+    var legMayRead: Bool { machine.mayReadClient(upstreamWritable: upstream?.isWritable ?? false) }
 
     /// Client data frames of one read, serialized in `clientFrameFormat`.
-    func clientFrames(_ batch: FrameBatch) {
+    func legFrames(_ batch: FrameBatch) {
         guard machine.relaysClientData else { return }  // after a decision, data is dropped
         bytesIn &+= UInt64(batch.payloadBytes)
         messagesIn &+= UInt64(batch.messages)
         upstream?.send(batch)
     }
 
-    func clientReadComplete() {
+    func legReadComplete() {
         if machine.phase == .relaying {
             upstream?.flush()
             lastActivity = .now()
@@ -135,31 +135,32 @@ final class Session: UpstreamLegDelegate, @unchecked Sendable {
         }
     }
 
-    func clientClose(code: UInt16?, reason: String) {
+    func legClose(code: UInt16?, reason: String) {
         perform(machine.clientCloseReceived(code: code, reason: reason))
     }
 
-    func clientViolation(_ violation: FrameViolation, framingBroken: Bool) {
+    func legViolation(_ violation: FrameViolation, framingBroken: Bool) {
         perform(machine.clientViolation(violation, framingBroken: framingBroken))
     }
 
-    func clientWritabilityChanged() {
-        if isClientWritable { upstream?.clientBecameWritable() }
+    func legWritabilityChanged(_ writable: Bool) {
+        if writable { upstream?.clientBecameWritable() }
     }
 
-    /// An I/O error on the client connection (it is being closed).
-    func noteClientError(_ error: Error) {
-        if clientErrorText == nil { clientErrorText = "client connection: \(error)" }
+    /// An error on the client connection: I/O errors close it next, and the
+    /// first is kept for the log's `error`.
+    func legError(_ error: Error) {
+        if error is IOError, clientErrorText == nil { clientErrorText = "client connection: \(error)" }
+    }
+
+    /// Control frames count as traffic for the idle timer.
+    func legActivity() {
+        lastActivity = .now()
     }
 
     /// The client's TCP connection is closed (whoever closed it).
     func clientConnectionClosed() {
         perform(machine.clientConnectionClosed(error: clientErrorText))
-    }
-
-    /// Control frames count as traffic for the idle timer.
-    func noteActivity() {
-        lastActivity = .now()
     }
 
     // MARK: - UpstreamLegDelegate

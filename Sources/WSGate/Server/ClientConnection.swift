@@ -82,7 +82,9 @@ final class ClientConnection: @unchecked Sendable {
             let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
             channel.pipeline.syncOperations.removeHandler(decoder, promise: nil)
             let encoder = try channel.pipeline.syncOperations.handler(type: WebSocketFrameEncoder.self)
-            let handler = ClientLegHandler(session: session, format: session.clientFrameFormat, maxMessageBytes: self.gateway.settings.maxMessageBytes)
+            let handler = WebSocketLegHandler(
+                role: .server(relayAs: session.clientFrameFormat), delegate: session,
+                maxMessageBytes: self.gateway.settings.maxMessageBytes)
             try channel.pipeline.syncOperations.addHandler(handler, position: .before(encoder))
             session.clientAttached(handler)
         }

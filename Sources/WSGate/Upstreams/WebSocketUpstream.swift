@@ -7,7 +7,7 @@ import NIOWebSocket
 /// A `ws://` upstream: a NIO WebSocket client on the client channel's event
 /// loop, relaying frames both ways as a full endpoint (it masks what it sends,
 /// answers pings, validates what it receives, completes close handshakes).
-final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
+final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sendable {
     enum State {
         case idle
         case connecting
@@ -26,7 +26,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
     private let offeredProtocols: [String]
     private let settings: SessionSettings
     private var state = State.idle
-    private var handler: UpstreamLegHandler?
+    private var handler: WebSocketLegHandler?
     private var handshakePromise: EventLoopPromise<String?>?
     private var handshakeTimer: Scheduled<Void>?
     private var closeTimer: Scheduled<Void>?
@@ -128,7 +128,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
             let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
             channel.pipeline.syncOperations.removeHandler(decoder, promise: nil)
             let encoder = try channel.pipeline.syncOperations.handler(type: WebSocketFrameEncoder.self)
-            let handler = UpstreamLegHandler(leg: self, maxMessageBytes: self.settings.maxMessageBytes)
+            let handler = WebSocketLegHandler(role: .client, delegate: self, maxMessageBytes: self.settings.maxMessageBytes)
             try channel.pipeline.syncOperations.addHandler(handler, position: .before(encoder))
             self.handler = handler
             if let handshake = try? channel.pipeline.syncOperations.handler(type: UpstreamHandshakeHandler.self) {
@@ -159,6 +159,10 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         state = .ended
         promise.fail(failure)
         delegate?.upstreamEvent(.ended)
+    }
+
+    func legError(_ error: Error) {
+        noteIOError(error)
     }
 
     func noteIOError(_ error: Error) {
@@ -216,7 +220,7 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         switch state {
         case .open(let channel):
             state = .closing(channel)
-            handler?.writeClose(code: code, reason: reason)
+            handler?.sendClose(code: code, reason: reason)
             delegate?.upstreamEvent(.closeSent(code: code, reason: reason))
             startCloseTimer(channel)
         case .idle, .connecting, .handshaking:
@@ -251,31 +255,31 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
         }
     }
 
-    // MARK: Events from the frame handler
+    // MARK: Events from the frame handler (WebSocketLegDelegate)
 
-    var mayRead: Bool { delegate?.mayReadUpstream ?? true }
+    var legMayRead: Bool { delegate?.mayReadUpstream ?? true }
 
     /// Validated data frames from the server, as they go to the client.
-    func received(_ batch: FrameBatch) {
+    func legFrames(_ batch: FrameBatch) {
         guard case .open = state else { return }
         delegate?.upstreamSent(batch)
     }
 
-    func readComplete() {
+    func legReadComplete() {
         delegate?.upstreamReadComplete()
     }
 
-    func writabilityChanged(_ writable: Bool) {
+    func legWritabilityChanged(_ writable: Bool) {
         if writable { delegate?.upstreamBecameWritable() }
     }
 
     /// The upstream sent a close frame.
-    func peerClosed(code: UInt16?, reason: String) {
+    func legClose(code: UInt16?, reason: String) {
         switch state {
         case .open(let channel):
             // Answer it, then wait for the server to close TCP.
             state = .closing(channel)
-            handler?.writeClose(code: code, reason: code == nil ? "" : reason)
+            handler?.sendClose(code: code, reason: code == nil ? "" : reason)
             startCloseTimer(channel)
             delegate?.upstreamEvent(.closeReceived(code: code, reason: reason))
         case .closing:
@@ -288,63 +292,19 @@ final class WebSocketUpstream: UpstreamLeg, @unchecked Sendable {
 
     /// The upstream broke the protocol; `framingBroken` when NIO's decoder
     /// can no longer be parsed.
-    func violation(_ violation: FrameViolation, framingBroken: Bool) {
+    func legViolation(_ violation: FrameViolation, framingBroken: Bool) {
         guard case .open(let channel) = state else {
             if case .closing(let channel) = state, framingBroken { channel.close(promise: nil) }
             return
         }
         state = .closing(channel)
         let (code, detail) = ViolationPolicy.upstreamClose(violation)
-        handler?.writeClose(code: code, reason: "", thenCloseTCP: framingBroken)
+        handler?.sendClose(code: code, reason: "") { _ in
+            // The server's stream can't be parsed anymore: don't wait for its reply.
+            if framingBroken { channel.close(promise: nil) }
+        }
         delegate?.upstreamEvent(.closeSent(code: code, reason: ""))
         startCloseTimer(channel)
         delegate?.upstreamEvent(.failed(UpstreamFailure(.upstreamProtocolError, error: "upstream \(endpoint): \(detail)")))
-    }
-}
-
-/// Sends the upgrade request and reports non-101 answers. It stays after
-/// `NIOHTTPClientUpgradeHandler`, which forwards the response here only when
-/// the upgrade did not happen.
-final class UpstreamHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundOut = HTTPClientRequestPart
-
-    private let leg: WebSocketUpstream
-    private let request: HTTPRequestHead
-
-    init(leg: WebSocketUpstream, request: HTTPRequestHead) {
-        self.leg = leg
-        self.request = request
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        context.write(wrapOutboundOut(.head(request)), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-        context.fireChannelActive()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .head(let response) = unwrapInboundIn(data) else { return }
-        if response.status == .switchingProtocols {
-            leg.fail(UpstreamFailure(.upstreamProtocolError, error: "upstream sent 101 with an invalid Sec-WebSocket-Accept or Upgrade header"))
-        } else {
-            let code = Int(response.status.code)
-            leg.fail(UpstreamFailure(.upstreamHandshakeRejected, httpStatus: code, error: "upstream answered the upgrade with HTTP \(code)"))
-        }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if error is NIOHTTPClientUpgradeError {
-            return  // the response that caused it arrives in channelRead
-        }
-        if error is HTTPParserError {
-            leg.fail(UpstreamFailure(.upstreamProtocolError, error: "invalid HTTP response to the upgrade: \(error)"))
-            return
-        }
-        if error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
-            leg.fail(UpstreamFailure(.upstreamTLSError, error: "TLS with the upstream: \(error)"))
-            return
-        }
-        leg.noteIOError(error)
     }
 }
