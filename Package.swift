@@ -29,9 +29,30 @@ let package = Package(
         ),
         // Typed wrappers for libcurl's variadic setopt/getinfo calls.
         .target(name: "CCurlShim", dependencies: ["CCurl"]),
+        // RFC 6455 on the wire: frames, masking, UTF-8, close codes. No I/O.
+        .target(
+            name: "WSGateProtocol",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ]
+        ),
+        // What the gateway decides, without doing it: close causes and the close
+        // table, the config model and its strict loader, routing.
+        .target(
+            name: "WSGatePolicy",
+            dependencies: [
+                "WSGateProtocol",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
+        // The gateway: server, sessions and their legs, upstreams, libcurl, admin, logs and metrics.
         .target(
             name: "WSGate",
             dependencies: [
+                "WSGateProtocol",
+                "WSGatePolicy",
                 "CCurl",
                 "CCurlShim",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -72,6 +93,8 @@ let package = Package(
             name: "WSGateTests",
             dependencies: [
                 "WSGate",
+                "WSGatePolicy",
+                "WSGateProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -5,10 +5,16 @@ docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks.svg.
 
     python3 benchmarks/run.py [--scenarios a,b,c,d,e,cap] [--reps N] [--messages M]
                               [--smoke] [--write] [--build-dir DIR]
+                              [--baseline-bin DIR] [--json FILE]
 
 Targets: direct (client -> echo), wsgate (ws:// route), nginx (proxy_pass with
 the Upgrade/Connection map, worker_processes 1), haproxy (mode http, nbthread 1).
 The client and the echo upstream are `wsgate-bench load` / `echo-server`.
+With --baseline-bin DIR (a directory holding the `wsgate` release binary of an
+older build), a target wsgate-base runs right after wsgate: that binary with the
+same generated config, in a, b, c, d and e, for a before/after in one run; the
+run ends with a wsgate vs wsgate-base comparison on stderr. `wsgate-bench`
+always comes from --build-dir. Not with --write (the docs never mix builds).
 
 Scenarios:
   a  1 connection, 64 B, 1 in flight (ping-pong), M messages
@@ -56,7 +62,8 @@ LOAD_SCENARIOS = {
     "b": {"title": "50 connections × 1 KiB, 1 in flight each", "connections": 50, "size": 1024, "in_flight": 1, "messages_factor": 1.0},
     "c": {"title": "50 connections × 64 KiB, 1 in flight each", "connections": 50, "size": 65536, "in_flight": 1, "messages_factor": 0.2},
 }
-COLORS = {"direct": "#9e9e9e", "wsgate": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728"}
+COLORS = {"direct": "#9e9e9e", "wsgate": "#1f77b4", "wsgate-base": "#9467bd", "nginx": "#2ca02c", "haproxy": "#d62728"}
+BASE = "wsgate-base"  # the target --baseline-bin adds: an older wsgate binary, same config as wsgate
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -268,8 +275,9 @@ def wait_port(port: int, proc: Proc, timeout: float) -> None:
 # ---------------------------------------------------------------- the programs under test
 
 class Bench:
-    def __init__(self, bin_dir: Path, tmp: Path, smoke: bool):
+    def __init__(self, bin_dir: Path, tmp: Path, smoke: bool, base_bin: Path | None = None):
         self.bin = bin_dir
+        self.base_bin = base_bin  # --baseline-bin: where the wsgate-base target's `wsgate` is
         self.tmp = tmp
         self.smoke = smoke
         self.echo: Proc | None = None
@@ -282,10 +290,14 @@ class Bench:
     def start_proxy(self, target: str) -> tuple[Proc, str, dict[str, str]]:
         """Starts a fresh proxy in front of the echo server. Returns it, its
         base URL and the per-scenario paths."""
+        if target == BASE:
+            return self.start_wsgate(self.base_bin / "wsgate", BASE)
         return {"wsgate": self.start_wsgate, "nginx": self.start_nginx, "haproxy": self.start_haproxy}[target]()
 
-    def start_wsgate(self):
-        d = fresh_dir(self.tmp, "wsgate")
+    def start_wsgate(self, binary: Path | None = None, name: str = "wsgate"):
+        """wsgate (default: the --build-dir binary) with the benchmark config;
+        `binary`/`name` run another build of it with the very same config."""
+        d = fresh_dir(self.tmp, name)
         cfg = d / "wsgate.yaml"
         cfg.write_text(f"""listen: {{host: 127.0.0.1, port: 0}}
 admin: {{host: 127.0.0.1, port: 0}}
@@ -295,7 +307,7 @@ routes:
   - {{path: /big, upstream: "ws://127.0.0.1:{self.echo_port}/"}}
   - {{path: /api, upstream: "http://127.0.0.1:{self.echo_port}/"}}
 """)
-        gw = Proc("wsgate", [str(self.bin / "wsgate"), "--config", str(cfg)], d)
+        gw = Proc(name, [str(binary or self.bin / "wsgate"), "--config", str(cfg)], d)
         port = int(json.loads(gw.wait_line(r'"event":"listening"', 30))["port"])
         return gw, f"ws://127.0.0.1:{port}", {"ws": "/ws", "big": "/big", "api": "/api"}
 
@@ -447,6 +459,7 @@ class Runner:
         self.targets = targets
         self.proxies = [t for t in targets if t != "direct"]
         self.problems: list[str] = []
+        self.w = max(8, *map(len, targets))  # target column of the progress lines
 
     def problem(self, msg: str) -> None:
         log(f"PROBLEM: {msg}")
@@ -494,7 +507,7 @@ class Runner:
                         if r["errors"] or r["messages"] < messages - sc["connections"]:
                             self.problem(f"{name}/{t} rep {rep + 1}: {r['errors']} error(s), {r['messages']}/{messages} messages: {r.get('error_samples')}")
                         runs[t].append(r)
-                        log(f"   rep {rep + 1} {t:8} {r['msgs_per_s']:>10,.0f} msgs/s  p50 {us(r['p50_us']):>9}  p99 {us(r['p99_us']):>9}"
+                        log(f"   rep {rep + 1} {t:{self.w}} {r['msgs_per_s']:>10,.0f} msgs/s  p50 {us(r['p50_us']):>9}  p99 {us(r['p99_us']):>9}"
                             + (f"  proxy CPU {r['proxy_cpu_s_per_100k']:.3f} s/100k" if r.get('proxy_cpu_s_per_100k') is not None else "")
                             + f"  client CPU {r['client_cpu_s']} s")
                 results[name] = self.summarise_load(name, sc, messages, runs)
@@ -567,7 +580,7 @@ class Runner:
                         self.problem(f"d/{t} K={k} rep {rep + 1}: {e}")
                         continue
                     res["targets"][t][str(k)]["runs"].append(r)
-                    log(f"   K={k} rep {rep + 1} {t:8} open {r['open']} failed {r['failed']}  "
+                    log(f"   K={k} rep {rep + 1} {t:{self.w}} open {r['open']} failed {r['failed']}  "
                         f"RSS {r['rss0_kb']} -> {r['rssk_kb']} KB  = {r['rss_per_conn_bytes'] / 1024:.1f} KB/conn")
         for t in self.proxies:
             for k in ks:
@@ -576,21 +589,33 @@ class Runner:
         return res
 
     def scenario_e(self) -> dict:
+        """wsgate (and wsgate-base, if given) through the http:// route; in each
+        rep the wrk ceiling, then each gateway in turn, against the same echo."""
         messages = self.args.messages
         seconds = 1 if self.args.smoke else 5
-        log(f"== scenario e: WS -> HTTP through wsgate, 64 × 1 KiB, {messages} messages; ceiling wrk -t1 -c64 -d{seconds}s")
+        gateways = [t for t in ("wsgate", BASE) if t in self.proxies]
+        log(f"== scenario e: WS -> HTTP through {' then '.join(gateways) or 'wsgate'}, 64 × 1 KiB, {messages} messages; "
+            f"ceiling wrk -t1 -c64 -d{seconds}s")
         res = {"connections": 64, "size": 1024, "messages": messages, "wrk_seconds": seconds, "wrk": [], "wsgate": []}
+        if BASE in gateways:
+            res[BASE] = []
         if "wsgate" not in self.proxies:
             return res
         if not shutil.which("wrk"):
             self.problem("wrk not found (apt-get install wrk): no ceiling for scenario e")
-        gw, base, paths = self.b.start_wsgate()
+        running = {"wsgate": self.b.start_wsgate()}
         try:
-            url = base + paths["api"]
-            try:
-                self.b.load(url, 64, 1024, 1, max(64, min(messages // 10, 10_000)))  # warm-up
-            except BenchFailure as e:
-                self.problem(f"e warm-up: {e}")
+            if BASE in gateways:
+                try:
+                    running[BASE] = self.b.start_proxy(BASE)
+                except BenchFailure as e:
+                    self.problem(f"e/{BASE} did not start: {e}")
+            urls = {t: base + paths["api"] for t, (_, base, paths) in running.items()}
+            for t in running:
+                try:
+                    self.b.load(urls[t], 64, 1024, 1, max(64, min(messages // 10, 10_000)))  # warm-up
+                except BenchFailure as e:
+                    self.problem(f"e warm-up: {e}" if t == "wsgate" else f"e/{t} warm-up: {e}")
             for rep in range(self.args.reps):
                 if shutil.which("wrk"):
                     try:
@@ -598,35 +623,42 @@ class Runner:
                         res["wrk"].append(w)
                         if w["errors"]:
                             self.problem(f"e/wrk rep {rep + 1}: {w['errors']} error(s)")
-                        log(f"   rep {rep + 1} wrk      {w['requests_per_s']:>10,.0f} req/s")
+                        log(f"   rep {rep + 1} {'wrk':{self.w}} {w['requests_per_s']:>10,.0f} req/s")
                     except BenchFailure as e:
                         self.problem(f"e/wrk rep {rep + 1}: {e}")
-                before = tree_cpu_seconds(gw.pid)
-                try:
-                    r = self.b.load(url, 64, 1024, 1, messages)
-                except BenchFailure as e:
-                    self.problem(f"e/wsgate rep {rep + 1}: {e}")
-                    continue
-                cpu = cpu_delta(before, tree_cpu_seconds(gw.pid))
-                r["proxy_cpu_s"] = round(cpu, 3)
-                r["proxy_cpu_s_per_100k"] = round(cpu / r["messages"] * 100_000, 4) if r["messages"] else None
-                if r["errors"] or r["messages"] < messages - 64:
-                    self.problem(f"e/wsgate rep {rep + 1}: {r['errors']} error(s), {r['messages']}/{messages}: {r.get('error_samples')}")
-                res["wsgate"].append(r)
-                log(f"   rep {rep + 1} wsgate   {r['msgs_per_s']:>10,.0f} msgs/s  p50 {us(r['p50_us']):>9}  p99 {us(r['p99_us']):>9}")
+                for t, (gw, _, _) in running.items():
+                    before = tree_cpu_seconds(gw.pid)
+                    try:
+                        r = self.b.load(urls[t], 64, 1024, 1, messages)
+                    except BenchFailure as e:
+                        self.problem(f"e/{t} rep {rep + 1}: {e}")
+                        continue
+                    cpu = cpu_delta(before, tree_cpu_seconds(gw.pid))
+                    r["proxy_cpu_s"] = round(cpu, 3)
+                    r["proxy_cpu_s_per_100k"] = round(cpu / r["messages"] * 100_000, 4) if r["messages"] else None
+                    if r["errors"] or r["messages"] < messages - 64:
+                        self.problem(f"e/{t} rep {rep + 1}: {r['errors']} error(s), {r['messages']}/{messages}: {r.get('error_samples')}")
+                    res[t].append(r)
+                    log(f"   rep {rep + 1} {t:{self.w}} {r['msgs_per_s']:>10,.0f} msgs/s  p50 {us(r['p50_us']):>9}  p99 {us(r['p99_us']):>9}")
         finally:
-            gw.stop()
-        ceiling = summary([w["requests_per_s"] for w in res["wrk"]])
-        through = summary([r["msgs_per_s"] for r in res["wsgate"]])
-        res["summary"] = {
-            "wrk_requests_per_s": ceiling, "wsgate_msgs_per_s": through,
-            "p50_us": summary([r["p50_us"] for r in res["wsgate"]]), "p99_us": summary([r["p99_us"] for r in res["wsgate"]]),
-            "proxy_cpu_s_per_100k": summary([r["proxy_cpu_s_per_100k"] for r in res["wsgate"]]),
+            for gw, _, _ in running.values():
+                gw.stop()
+        res["summary"] = self.summarise_e(res["wsgate"], res["wrk"])
+        if BASE in res:  # the same fields for the baseline build, next to "summary"
+            res["base_summary"] = self.summarise_e(res[BASE], res["wrk"])
+        return res
+
+    @staticmethod
+    def summarise_e(runs: list[dict], wrk: list[dict]) -> dict:
+        return {
+            "wrk_requests_per_s": summary([w["requests_per_s"] for w in wrk]),
+            "wsgate_msgs_per_s": summary([r["msgs_per_s"] for r in runs]),
+            "p50_us": summary([r["p50_us"] for r in runs]), "p99_us": summary([r["p99_us"] for r in runs]),
+            "proxy_cpu_s_per_100k": summary([r["proxy_cpu_s_per_100k"] for r in runs]),
             # per rep: that rep's wsgate rate over that rep's ceiling
             "percent_of_ceiling": summary([100 * r["msgs_per_s"] / w["requests_per_s"]
-                                           for r, w in zip(res["wsgate"], res["wrk"]) if w["requests_per_s"]]),
+                                           for r, w in zip(runs, wrk) if w["requests_per_s"]]),
         }
-        return res
 
     def scenario_cap(self) -> dict:
         k = 250 if self.args.smoke else 9000
@@ -691,6 +723,7 @@ def med(s: dict | None, fmt: str = "{:,.0f}", rng: bool = True) -> str:
 def markdown(r: dict) -> str:
     env = r["environment"]
     m, v = env["machine"], env["versions"]
+    base = BASE in r["targets"]
     L = [
         "# Benchmarks",
         "",
@@ -700,7 +733,8 @@ def markdown(r: dict) -> str:
         "",
         f"- Machine: {m['nproc']} cores (`nproc`), {m['cpu']}, {m['kernel']}",
         f"- {v['swift']} (release build); {v['nginx']}; {v['haproxy']}; {v['libcurl']}; {v['wrk']}",
-        f"- {r['settings']['reps']} rep{'s' if r['settings']['reps'] != 1 else ''}; in every rep the targets run in turn (direct, wsgate, nginx, haproxy), "
+        f"- {r['settings']['reps']} rep{'s' if r['settings']['reps'] != 1 else ''}; in every rep the targets run in turn "
+        f"({'direct, wsgate, wsgate-base, nginx, haproxy' if base else 'direct, wsgate, nginx, haproxy'}), "
         "so drift hits them alike. Figures: median (min–max) over the reps.",
         "- Client (`wsgate-bench load`, closed loop, HDR histogram of every round trip, 3 significant digits), "
         "echo upstream (`wsgate-bench echo-server`) and proxy share the machine's cores: absolute rates are low, "
@@ -713,6 +747,9 @@ def markdown(r: dict) -> str:
         f"`maxconn {r['settings']['haproxy_maxconn']}`, `timeout tunnel 1h`, default `tune.bufsize`. All on 127.0.0.1.",
         "",
     ]
+    if base:
+        L[-1:-1] = [f"- wsgate-base: the `wsgate` binary in `{r['settings']['baseline_bin']}` (an older build) with the same "
+                    "config as wsgate, run right after it in every rep."]
     if r["skipped"]:
         L += [f"Skipped: {'; '.join(r['skipped'])}.", ""]
     sc = r["scenarios"]
@@ -764,6 +801,11 @@ def markdown(r: dict) -> str:
               f"{us(s['p99_us']['median']) if s['p99_us'] else '–'} | {med(s['proxy_cpu_s_per_100k'], '{:.2f}')} |",
               f"| wsgate as % of the ceiling | {med(s['percent_of_ceiling'], '{:.0f} %')} | | | |",
               ""]
+        if b := e.get("base_summary"):
+            L[-1:-1] = [
+                f"| wsgate-bench → wsgate-base → echo | {med(b['wsgate_msgs_per_s'])} | {us(b['p50_us']['median']) if b['p50_us'] else '–'} | "
+                f"{us(b['p99_us']['median']) if b['p99_us'] else '–'} | {med(b['proxy_cpu_s_per_100k'], '{:.2f}')} |",
+                f"| wsgate-base as % of the ceiling | {med(b['percent_of_ceiling'], '{:.0f} %')} | | | |"]
     if "cap" in sc and "open" in sc["cap"]:
         c = sc["cap"]
         L += ["## Capacity", "",
@@ -776,6 +818,59 @@ def markdown(r: dict) -> str:
     L += ["![proxy CPU per 100k messages and idle memory per connection](benchmarks.svg)", "",
           "Raw results, every run: [benchmarks.json](benchmarks.json).", ""]
     return "\n".join(L)
+
+
+# ---------------------------------------------------------------- wsgate vs wsgate-base
+
+def comparison(r: dict) -> list[dict]:
+    """Per scenario and metric: the median of wsgate, of wsgate-base and
+    new/base (None where either is missing)."""
+    sc, rows = r["scenarios"], []
+
+    def add(scenario, metric, new, old, kind):
+        n, o = (new or {}).get("median"), (old or {}).get("median")
+        rows.append({"scenario": scenario, "metric": metric, "kind": kind, "wsgate": n, BASE: o,
+                     "ratio": n / o if n is not None and o else None})
+
+    for name in ("a", "b", "c"):
+        if name in sc:
+            new = sc[name]["targets"].get("wsgate", {}).get("summary", {})
+            old = sc[name]["targets"].get(BASE, {}).get("summary", {})
+            add(name, "msgs/s", new.get("msgs_per_s"), old.get("msgs_per_s"), "rate")
+            add(name, "proxy CPU-s / 100k", new.get("proxy_cpu_s_per_100k"), old.get("proxy_cpu_s_per_100k"), "cpu")
+            add(name, "p50", new.get("p50_us"), old.get("p50_us"), "us")
+            add(name, "p99", new.get("p99_us"), old.get("p99_us"), "us")
+    if "d" in sc:
+        for k in sc["d"]["ks"]:
+            cell = lambda t: sc["d"]["targets"].get(t, {}).get(str(k), {}).get("summary", {}).get("rss_per_conn_bytes")
+            add("d", f"RSS / idle conn, K={k}", cell("wsgate"), cell(BASE), "bytes")
+    if "e" in sc and sc["e"].get("summary"):
+        new, old = sc["e"]["summary"], sc["e"].get("base_summary") or {}
+        add("e", "msgs/s", new.get("wsgate_msgs_per_s"), old.get("wsgate_msgs_per_s"), "rate")
+        add("e", "proxy CPU-s / 100k", new.get("proxy_cpu_s_per_100k"), old.get("proxy_cpu_s_per_100k"), "cpu")
+        add("e", "p50", new.get("p50_us"), old.get("p50_us"), "us")
+        add("e", "p99", new.get("p99_us"), old.get("p99_us"), "us")
+        add("e", "% of wrk ceiling", new.get("percent_of_ceiling"), old.get("percent_of_ceiling"), "pct")
+    return rows
+
+
+def log_comparison(r: dict, rows: list[dict]) -> None:
+    def fmt(v, kind):
+        if v is None:
+            return "–"
+        return {"rate": f"{v:,.0f}", "cpu": f"{v:.3f}", "us": us(v), "bytes": f"{v / 1024:.1f} KB", "pct": f"{v:.0f} %"}[kind]
+
+    reps = r["settings"]["reps"]
+    log(f"== wsgate ({r['settings']['build_dir']}) vs wsgate-base ({r['settings']['baseline_bin']}), same run")
+    log(f"   medians over {reps} rep{'s' if reps != 1 else ''}; new/base = wsgate / wsgate-base "
+        "(msgs/s, %: higher is better; CPU, latency, RSS: lower is better)")
+    log(f"   {'':3}{'metric':22}{'wsgate':>14}{'wsgate-base':>14}{'new/base':>10}")
+    last = None
+    for row in rows:
+        ratio = f"{row['ratio']:.3f}" if row["ratio"] is not None else "–"
+        log(f"   {row['scenario'] if row['scenario'] != last else '':3}{row['metric']:22}"
+            f"{fmt(row['wsgate'], row['kind']):>14}{fmt(row[BASE], row['kind']):>14}{ratio:>10}")
+        last = row["scenario"]
 
 
 # ---------------------------------------------------------------- chart
@@ -901,12 +996,20 @@ def main() -> int:
     default_bin = Path(os.environ["WSGATE_BUILD_DIR"]) / "release" if os.environ.get("WSGATE_BUILD_DIR") else REPO / ".build" / "release"
     ap.add_argument("--build-dir", type=Path, default=default_bin,
                     help="directory with the release binaries wsgate and wsgate-bench (default: $WSGATE_BUILD_DIR/release or .build/release)")
+    ap.add_argument("--baseline-bin", type=Path, metavar="DIR",
+                    help="directory with the wsgate release binary of an older build: adds the target wsgate-base (same config, "
+                         "right after wsgate in scenarios a-e) and a wsgate vs wsgate-base comparison at the end; not with --write")
+    ap.add_argument("--json", type=Path, metavar="FILE",
+                    help="write this run's results (every run and the summaries) to FILE; unlike --write, never touches docs/")
     args = ap.parse_args()
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if bad := [s for s in scenarios if s not in ALL_SCENARIOS]:
         ap.error(f"unknown scenario(s) {bad}; choose from {ALL_SCENARIOS}")
     if args.smoke and args.write:
         ap.error("--smoke --write would overwrite the published figures with smoke counts; refusing")
+    if args.baseline_bin and args.write:
+        ap.error("--baseline-bin --write would publish wsgate-base (another build) next to wsgate in docs/benchmarks.*; "
+                 "refusing: compare with --baseline-bin (optionally --json FILE), publish with a run without it")
     if args.reps < 1 or args.messages < 1:
         ap.error("--reps and --messages must be positive")
     if args.smoke:
@@ -916,8 +1019,17 @@ def main() -> int:
         if not (bin_dir / exe).exists():
             log(f"{bin_dir / exe} not found: build first (scripts/bench does: swift build -c release)")
             return 2
+    base_bin = None
+    if args.baseline_bin:
+        base_bin = args.baseline_bin if args.baseline_bin.is_absolute() else (Path.cwd() / args.baseline_bin)
+        if not os.access(base_bin / "wsgate", os.X_OK):
+            log(f"--baseline-bin: {base_bin / 'wsgate'} not found or not executable: build the baseline first "
+                "(e.g. swift build -c release in a checkout of the older commit) and pass its .build/release")
+            return 2
+        if (base_bin / "wsgate").resolve() == (bin_dir / "wsgate").resolve():
+            log(f"note: wsgate-base and wsgate are the same binary ({bin_dir / 'wsgate'}): an A/A run")
 
-    targets, skipped = ["direct", "wsgate"], []
+    targets, skipped = ["direct", "wsgate"] + ([BASE] if base_bin else []), []
     for tool, pkg in (("nginx", "nginx-light"), ("haproxy", "haproxy")):
         if shutil.which(tool):
             targets.append(tool)
@@ -933,6 +1045,8 @@ def main() -> int:
                "settings": {"reps": args.reps, "messages": args.messages, "smoke": args.smoke, "scenarios": scenarios,
                             "haproxy_maxconn": haproxy_maxconn()},
                "targets": targets, "skipped": skipped, "scenarios": {}}
+    if base_bin:  # only then, so a run without --baseline-bin writes exactly what it always did
+        results["settings"].update({"build_dir": str(bin_dir), "baseline_bin": str(base_bin)})
     started = time.monotonic()
 
     def on_term(signum, frame):
@@ -941,7 +1055,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     with tempfile.TemporaryDirectory(prefix="wsgate-bench-") as d:
         tmp = Path(d)
-        bench = Bench(bin_dir, tmp, args.smoke)
+        bench = Bench(bin_dir, tmp, args.smoke, base_bin)
         runner = Runner(args, bench, targets)
         try:
             bench.start_echo()
@@ -961,9 +1075,16 @@ def main() -> int:
             Proc.stop_all()
     results["seconds"] = round(time.monotonic() - started, 1)
     results["problems"] = runner.problems
+    if base_bin:
+        results["comparison"] = comparison(results)
 
     print(markdown(results))
     log(f"finished in {results['seconds']} s")
+    if base_bin:
+        log_comparison(results, results["comparison"])
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+        log(f"wrote {args.json}")
     if runner.problems:
         log(f"{len(runner.problems)} problem(s):")
         for p in runner.problems:

@@ -1,3 +1,4 @@
+import WSGatePolicy
 import ArgumentParser
 import Dispatch
 import Logging

@@ -1,5 +1,7 @@
 import Testing
 @testable import WSGate
+@testable import WSGatePolicy
+@testable import WSGateProtocol
 
 @Suite("Config loading")
 struct ConfigTests {

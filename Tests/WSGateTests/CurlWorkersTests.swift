@@ -2,6 +2,8 @@ import NIOCore
 import NIOPosix
 import Testing
 @testable import WSGate
+@testable import WSGatePolicy
+@testable import WSGateProtocol
 
 @Suite("HTTP upstream plumbing")
 struct CurlWorkersTests {

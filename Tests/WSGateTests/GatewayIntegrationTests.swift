@@ -2,6 +2,8 @@ import NIOCore
 import NIOPosix
 import Testing
 @testable import WSGate
+@testable import WSGatePolicy
+@testable import WSGateProtocol
 
 /// The gateway in-process on a real loopback port, real upstream servers,
 /// a real WebSocket client: each case asserts what the client saw and the

@@ -3,6 +3,8 @@ import NIOCore
 import NIOPosix
 import Testing
 @testable import WSGate
+@testable import WSGatePolicy
+@testable import WSGateProtocol
 
 /// HTTP upstreams through libcurl against a real HTTP server on loopback.
 @Suite("HTTP upstream integration", .serialized)

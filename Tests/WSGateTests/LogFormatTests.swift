@@ -2,6 +2,8 @@ import Foundation
 import Logging
 import Testing
 @testable import WSGate
+@testable import WSGatePolicy
+@testable import WSGateProtocol
 
 @Suite("Log lines")
 struct LogFormatTests {

@@ -1,6 +1,8 @@
 import NIOHTTP1
 import Testing
 @testable import WSGate
+@testable import WSGatePolicy
+@testable import WSGateProtocol
 
 @Suite("Routing")
 struct RoutingTests {

@@ -1,6 +1,8 @@
 import NIOCore
 import Testing
 @testable import WSGate
+@testable import WSGatePolicy
+@testable import WSGateProtocol
 
 /// The connection's life without any I/O: every event in every state, the
 /// first cause winning, exactly one ending, and what each leg is told.

@@ -3,6 +3,8 @@ import NIOEmbedded
 import NIOWebSocket
 import Testing
 @testable import WSGate
+@testable import WSGatePolicy
+@testable import WSGateProtocol
 
 @Suite("UTF-8 validation and frame rules")
 struct UTF8ValidatorTests {

@@ -2,6 +2,8 @@ import NIOCore
 import NIOEmbedded
 import Testing
 @testable import WSGate
+@testable import WSGatePolicy
+@testable import WSGateProtocol
 
 /// The leg handler on an `EmbeddedChannel`, in both roles: what it relays,
 /// answers and reports for the frames a peer sends.

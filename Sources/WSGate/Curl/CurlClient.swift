@@ -1,3 +1,4 @@
+import WSGatePolicy
 import CCurl
 import CCurlShim
 import NIOConcurrencyHelpers

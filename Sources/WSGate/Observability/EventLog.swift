@@ -1,3 +1,4 @@
+import WSGatePolicy
 import Logging
 
 /// Writes the gateway's structured event lines (`websocket_close`,

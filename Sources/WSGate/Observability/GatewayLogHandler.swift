@@ -1,3 +1,4 @@
+import WSGatePolicy
 import Logging
 
 /// A swift-log `LogHandler` that writes one JSON object per line (or a plain

@@ -1,3 +1,4 @@
+import WSGatePolicy
 import CoreMetrics
 
 import NIOConcurrencyHelpers

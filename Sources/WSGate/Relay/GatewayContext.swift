@@ -1,3 +1,4 @@
+import WSGatePolicy
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -35,11 +36,11 @@ final class GatewayContext: Sendable {
         self.eventLog = eventLog
         self.logger = logger
         self.metrics = GatewayMetrics(routes: config.routes)
-        self.serverTLS = try config.listen.tls.map(TLSFiles.serverContext)
+        self.serverTLS = try config.listen.tls.map(TLSContexts.serverContext)
         var upstreamTLS: [String: NIOSSLContext] = [:]
         for route in config.routes {
             if case .webSocket(let url) = route.upstream, url.isTLS {
-                upstreamTLS[route.path] = try TLSFiles.clientContext(route.tls)
+                upstreamTLS[route.path] = try TLSContexts.clientContext(route.tls)
             }
         }
         self.upstreamTLS = upstreamTLS

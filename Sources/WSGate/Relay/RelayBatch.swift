@@ -1,3 +1,4 @@
+import WSGateProtocol
 import NIOCore
 
 /// A client's data frames of one read batch, serialized into one buffer for

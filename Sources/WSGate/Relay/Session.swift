@@ -1,3 +1,5 @@
+import WSGatePolicy
+import WSGateProtocol
 import Logging
 import NIOCore
 

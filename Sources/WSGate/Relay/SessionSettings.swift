@@ -1,3 +1,4 @@
+import WSGatePolicy
 import NIOCore
 
 /// Timeouts and limits a Session and its legs use, converted once from config.

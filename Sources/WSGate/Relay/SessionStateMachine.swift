@@ -1,3 +1,5 @@
+import WSGatePolicy
+import WSGateProtocol
 import NIOCore
 
 /// The life of one client connection as a pure value: events in, actions out.

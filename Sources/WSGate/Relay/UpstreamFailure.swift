@@ -1,3 +1,5 @@
+import WSGatePolicy
+
 /// Why an upstream could not be used or stopped working, already classified
 /// into a close cause.
 struct UpstreamFailure: Error {

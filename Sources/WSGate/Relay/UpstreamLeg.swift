@@ -1,3 +1,4 @@
+import WSGatePolicy
 import NIOCore
 
 /// What a `Session` needs from the upstream side of a connection, whatever

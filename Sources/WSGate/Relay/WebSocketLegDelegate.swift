@@ -1,3 +1,5 @@
+import WSGateProtocol
+
 /// What a `WebSocketLegHandler` reports: the Session for the client's
 /// connection, `WebSocketUpstream` for an upstream's. Called on the leg's
 /// event loop.

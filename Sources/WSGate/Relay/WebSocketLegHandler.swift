@@ -1,3 +1,5 @@
+import WSGatePolicy
+import WSGateProtocol
 import NIOCore
 import NIOPosix
 import NIOWebSocket

@@ -1,3 +1,4 @@
+import WSGatePolicy
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore

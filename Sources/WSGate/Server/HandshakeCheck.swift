@@ -1,3 +1,4 @@
+import WSGatePolicy
 import NIOHTTP1
 
 /// Decides, from the request head alone, whether a request may become a

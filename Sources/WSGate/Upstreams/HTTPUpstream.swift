@@ -1,3 +1,5 @@
+import WSGatePolicy
+import WSGateProtocol
 import CoreMetrics
 import Logging
 import NIOCore

@@ -1,3 +1,4 @@
+import WSGatePolicy
 import NIOCore
 import NIOHTTP1
 

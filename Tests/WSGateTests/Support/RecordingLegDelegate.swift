@@ -1,5 +1,7 @@
 import NIOCore
 @testable import WSGate
+@testable import WSGatePolicy
+@testable import WSGateProtocol
 
 /// A `WebSocketLegDelegate` that writes down what the leg handler told it,
 /// in order, so a test can compare it with what RFC 6455 says should happen.

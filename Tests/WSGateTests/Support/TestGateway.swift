@@ -4,6 +4,8 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 @testable import WSGate
+@testable import WSGatePolicy
+@testable import WSGateProtocol
 
 /// A gateway running in-process on a free loopback port, with its log lines
 /// captured so tests can assert the close-event line.

@@ -21,6 +21,30 @@ public struct CloseEvent: Sendable, Equatable {
     public var bytesIn: UInt64
     public var bytesOut: UInt64
 
+    public init(
+        timestamp: UInt64, connectionID: String, route: String, upstream: String, clientAddress: String, code: UInt16, reason: String, wasClean: Bool, initiator: Initiator, cause: CloseCause, upstreamCode: UInt16? = nil, upstreamReason: String? = nil, upstreamStatus: Int? = nil, error: String? = nil, durationMs: Int64, messagesIn: UInt64, messagesOut: UInt64, bytesIn: UInt64, bytesOut: UInt64
+    ) {
+        self.timestamp = timestamp
+        self.connectionID = connectionID
+        self.route = route
+        self.upstream = upstream
+        self.clientAddress = clientAddress
+        self.code = code
+        self.reason = reason
+        self.wasClean = wasClean
+        self.initiator = initiator
+        self.cause = cause
+        self.upstreamCode = upstreamCode
+        self.upstreamReason = upstreamReason
+        self.upstreamStatus = upstreamStatus
+        self.error = error
+        self.durationMs = durationMs
+        self.messagesIn = messagesIn
+        self.messagesOut = messagesOut
+        self.bytesIn = bytesIn
+        self.bytesOut = bytesOut
+    }
+
     /// The JSON object of the README's log format, in its field order, on
     /// one line.
     public func jsonLine(level: String = "info") -> String {

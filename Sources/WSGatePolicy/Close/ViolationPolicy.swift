@@ -1,3 +1,5 @@
+import WSGateProtocol
+
 /// What an RFC 6455 violation means for each leg: the cause when the client
 /// committed it, and the close code a WebSocket upstream gets when it did.
 public enum ViolationPolicy {

@@ -1,3 +1,5 @@
+import WSGateProtocol
+
 /// The gateway's configuration, as described in the README's config reference.
 ///
 /// Every field has the documented default except `routes`. Instances are

@@ -1,17 +1,6 @@
 import NIOCore
 import NIOWebSocket
 
-/// Why a peer's frame stream is unacceptable.
-public enum FrameViolation: Error, Equatable, Sendable {
-    /// RFC 6455 §5 framing rules (reserved bits, opcodes, masking,
-    /// fragmentation, control frames, close payloads): close code 1002.
-    case protocolError(String)
-    /// A text message (or close reason) that is not UTF-8: 1007.
-    case invalidUTF8
-    /// A message larger than `max_message_bytes`: 1009.
-    case messageTooBig(limit: Int)
-}
-
 /// A frame that passed validation. Control payloads are unmasked; data
 /// frames keep their payload *as received* (still masked when the header has
 /// a key), so relaying them costs one re-masking pass and nothing else.

@@ -1,3 +1,5 @@
+import WSGateProtocol
+
 /// What the upstream leg is told when a connection ends: the other half of
 /// the close table (`ClosePolicy.decide` is what the client is told).
 public enum UpstreamCloseAction: Sendable, Equatable {

@@ -1,27 +1,9 @@
 import NIOSSL
+import WSGatePolicy
 
-/// Loading PEM files for TLS, with readable errors for `check-config`.
-public enum TLSFiles {
-    /// nil when `path` holds at least one PEM certificate.
-    public static func checkCertificates(_ path: String) -> String? {
-        do {
-            let certificates = try NIOSSLCertificate.fromPEMFile(path)
-            return certificates.isEmpty ? "no PEM certificate in \(path)" : nil
-        } catch {
-            return "cannot load PEM certificates from \(path): \(error)"
-        }
-    }
-
-    /// nil when `path` holds a PEM private key.
-    public static func checkPrivateKey(_ path: String) -> String? {
-        do {
-            _ = try NIOSSLPrivateKey(file: path, format: .pem)
-            return nil
-        } catch {
-            return "cannot load a PEM private key from \(path): \(error)"
-        }
-    }
-
+/// The TLS contexts built from the config: the listener's (`listen.tls`)
+/// and one per `wss://` route.
+enum TLSContexts {
     /// The server context for `listen.tls` (wss:// clients).
     static func serverContext(_ files: GatewayConfig.TLSFiles) throws -> NIOSSLContext {
         let chain = try NIOSSLCertificate.fromPEMFile(files.certificate).map { NIOSSLCertificateSource.certificate($0) }

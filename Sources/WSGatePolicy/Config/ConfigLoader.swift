@@ -1,3 +1,4 @@
+import WSGateProtocol
 import Yams
 
 /// One problem found in a config file, with the key path it is about
@@ -250,11 +251,11 @@ private struct Reader {
             if t["private_key"] == nil { problem("listen.tls.private_key", "required key is missing") }
             if let cert, let key {
                 var ok = true
-                if let message = TLSFiles.checkCertificates(cert) {
+                if let message = PEMFiles.checkCertificates(cert) {
                     problem("listen.tls.certificate", message)
                     ok = false
                 }
-                if let message = TLSFiles.checkPrivateKey(key) {
+                if let message = PEMFiles.checkPrivateKey(key) {
                     problem("listen.tls.private_key", message)
                     ok = false
                 }
@@ -345,7 +346,7 @@ private struct Reader {
             if let n = m["tls"], let t = mapping(n, "\(base).tls", allowed: ["ca_file", "server_name", "insecure_skip_verify"]) {
                 var settings = Route.UpstreamTLS()
                 if let n = t["ca_file"], let v = string(n, "\(base).tls.ca_file") {
-                    if let message = TLSFiles.checkCertificates(v) {
+                    if let message = PEMFiles.checkCertificates(v) {
                         problem("\(base).tls.ca_file", message)
                     } else {
                         settings.caFile = v

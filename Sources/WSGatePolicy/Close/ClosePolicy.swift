@@ -1,3 +1,5 @@
+import WSGateProtocol
+
 /// Facts about a connection's end that the policy may need besides its cause.
 public struct CloseDetails: Sendable, Equatable {
     /// The close code the peer sent (client for `client_closed`, upstream for

@@ -1,0 +1,62 @@
+import NIOCore
+import NIOWebSocket
+
+/// The one masking primitive: `destination[i] = source[i] ^ key[i % 4]`,
+/// eight bytes at a time (NIO's `webSocketMask` goes byte by byte).
+/// `source` and `destination` may be the same memory (masking in place).
+/// `key` holds the four key bytes in wire order, byte 0 in the low bits.
+@inlinable @inline(__always)
+package func xorWithMask(from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, count: Int, key: UInt32) {
+    let key64 = UInt64(key) | UInt64(key) << 32
+    var i = 0
+    while i + 8 <= count {
+        let word = UInt64(littleEndian: source.loadUnaligned(fromByteOffset: i, as: UInt64.self)) ^ key64
+        destination.storeBytes(of: word.littleEndian, toByteOffset: i, as: UInt64.self)
+        i += 8
+    }
+    while i < count {
+        let k = UInt8(truncatingIfNeeded: key >> UInt32((i & 3) * 8))
+        destination.storeBytes(of: source.load(fromByteOffset: i, as: UInt8.self) ^ k, toByteOffset: i, as: UInt8.self)
+        i += 1
+    }
+}
+
+extension ByteBuffer {
+    /// XORs the readable bytes with a WebSocket masking key in place.
+    /// Masking and unmasking are the same operation.
+    package mutating func applyWebSocketMask(_ key: WebSocketMaskingKey) {
+        applyWebSocketMask(word: key.littleEndianWord)
+    }
+
+    /// Same, with the key packed as `WebSocketMaskingKey.littleEndianWord`.
+    @inlinable
+    package mutating func applyWebSocketMask(word: UInt32) {
+        self.withUnsafeMutableReadableBytes { bytes in
+            guard let base = bytes.baseAddress else { return }
+            xorWithMask(from: base, to: base, count: bytes.count, key: word)
+        }
+    }
+
+    /// Appends `source`'s readable bytes XORed with `key` in one pass (a plain
+    /// copy when `key` is 0).
+    @inlinable
+    package mutating func writeMasked(_ source: ByteBuffer, key: UInt32) {
+        let length = source.readableBytes
+        self.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { destination in
+            source.withUnsafeReadableBytes { src in
+                guard let s = src.baseAddress, let d = destination.baseAddress else { return 0 }
+                xorWithMask(from: s, to: d, count: length, key: key)
+                return length
+            }
+        }
+    }
+}
+
+extension WebSocketMaskingKey {
+    /// The key as four bytes in wire order, packed little-endian (byte 0 in
+    /// the low bits), the layout word-wise XOR loops want.
+    @inlinable
+    package var littleEndianWord: UInt32 {
+        UInt32(self[0]) | UInt32(self[1]) << 8 | UInt32(self[2]) << 16 | UInt32(self[3]) << 24
+    }
+}
