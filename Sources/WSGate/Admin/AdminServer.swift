@@ -4,33 +4,47 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
+/// What the admin listener reports: readiness and the metrics text.
+protocol AdminStatus: Sendable {
+    /// True once a drain started: `/readyz` answers 503.
+    var isDraining: Bool { get }
+    /// The Prometheus text for `/metrics`.
+    func metricsText() -> String
+}
+
 /// The admin listener (`admin.host:admin.port`, loopback by default):
 /// `GET /healthz` (200 while the process runs), `GET /readyz` (200 while
 /// accepting, 503 while draining), `GET /metrics` (Prometheus text format).
 /// Control plane only: plain NIO HTTP/1.1, one small response per request.
 final class AdminServer: Sendable {
-    private let gateway: GatewayContext
+    private let status: AdminStatus
+    private let host: String
+    private let port: Int
+    private let logger: Logger
     private let channel = NIOLockedValueBox<Channel?>(nil)
 
-    init(gateway: GatewayContext) {
-        self.gateway = gateway
+    init(status: AdminStatus, host: String, port: Int, logger: Logger) {
+        self.status = status
+        self.host = host
+        self.port = port
+        self.logger = logger
     }
 
     func start(group: EventLoopGroup) async throws -> Int {
-        let gateway = self.gateway
+        let status = self.status
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(gateway: gateway))
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(status: status))
                 }
             }
-            .bind(host: gateway.config.admin.host, port: gateway.config.admin.port).get()
+            .bind(host: host, port: port).get()
         self.channel.withLockedValue { $0 = channel }
-        let port = channel.localAddress?.port ?? gateway.config.admin.port
-        gateway.logger.info("admin_listening", metadata: [
-            "host": .string(gateway.config.admin.host), "port": .stringConvertible(port),
+        let port = channel.localAddress?.port ?? self.port
+        logger.info("admin_listening", metadata: [
+            "host": .string(host), "port": .stringConvertible(port),
         ])
         return port
     }
@@ -45,11 +59,11 @@ private final class AdminHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private let gateway: GatewayContext
+    private let gateway: AdminStatus
     private var request: HTTPRequestHead?
 
-    init(gateway: GatewayContext) {
-        self.gateway = gateway
+    init(status: AdminStatus) {
+        self.gateway = status
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -85,7 +99,7 @@ private final class AdminHandler: ChannelInboundHandler {
         case (.GET, "/metrics"):
             status = .ok
             contentType = "text/plain; version=0.0.4; charset=utf-8"
-            body = gateway.metrics.render()
+            body = gateway.metricsText()
         case (_, "/healthz"), (_, "/readyz"), (_, "/metrics"):
             status = .methodNotAllowed
             body = "method not allowed\n"

@@ -26,7 +26,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     let upstreamLabel: String
     let clientAddress: String
     let eventLoop: EventLoop
-    let gateway: GatewayContext
+    let environment: SessionEnvironment
     private let startedAt = NIODeadline.now()
 
     private var machine: SessionStateMachine
@@ -55,15 +55,16 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     /// When a frame last passed either way; read per read batch, not per frame.
     private var lastActivity = NIODeadline.now()
 
-    init(id: String, route: Route, upstreamURL: URLParts?, clientAddress: String, eventLoop: EventLoop, gateway: GatewayContext) {
+    init(id: String, route: Route, upstreamURL: URLParts?, clientAddress: String, eventLoop: EventLoop, environment: SessionEnvironment) {
         self.id = id
         self.route = route
         self.upstreamLabel = upstreamURL?.description ?? route.upstream.description
         self.clientAddress = clientAddress
         self.eventLoop = eventLoop
-        self.gateway = gateway
+        self.environment = environment
         self.machine = SessionStateMachine(
-            policy: gateway.policy, idleTimeout: gateway.settings.idleTimeout, closeHandshake: gateway.settings.closeHandshake)
+            policy: environment.policy, idleTimeout: environment.settings.idleTimeout,
+            closeHandshake: environment.settings.closeHandshake)
     }
 
     /// The connection's phase (for tests and debugging).
@@ -77,10 +78,10 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     func start(upstream: UpstreamLeg) -> EventLoopFuture<String?> {
         eventLoop.preconditionInEventLoop()
         self.upstream = upstream
-        gateway.registry.add(self)
+        environment.registry.add(self)
         return upstream.connect(delegate: self).map { chosen in
             if self.route.upstream != .echo {  // the built-in echo has nothing to connect to
-                self.gateway.metrics.upstreamConnect.recordNanoseconds((NIODeadline.now() - self.connectStarted).nanoseconds)
+                self.environment.metrics.upstreamConnect.recordNanoseconds((NIODeadline.now() - self.connectStarted).nanoseconds)
             }
             self.perform(self.machine.upstreamConnected())
             return chosen
@@ -95,7 +96,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     /// Starts a session that is refused after the upgrade (over the
     /// connection limit): the client gets a close code it can act on.
     func startRefused(_ cause: CloseCause) {
-        gateway.registry.add(self)
+        environment.registry.add(self)
         perform(machine.refused(cause))
     }
 
@@ -109,7 +110,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         client = handler
         lastActivity = .now()
         let actions = machine.clientAttached()
-        if machine.upgraded { gateway.metrics.connectionOpened(route: route.path) }
+        if machine.upgraded { environment.metrics.connectionOpened(route: route.path) }
         perform(actions)
     }
 
@@ -224,8 +225,8 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     private func perform(_ actions: SessionStateMachine.Actions) {
         eventLoop.preconditionInEventLoop()
         if actions.isNone { return }
-        if let cause = actions.decided, gateway.logger.logLevel <= .debug, let decision = machine.decision {
-            gateway.logger.debug("close_decided", metadata: [
+        if let cause = actions.decided, environment.logger.logLevel <= .debug, let decision = machine.decision {
+            environment.logger.debug("close_decided", metadata: [
                 "connection_id": .string(id), "cause": .string(cause.rawValue), "code": .stringConvertible(Int(decision.client.code)),
             ])
         }
@@ -283,10 +284,10 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     private func end(_ ending: SessionStateMachine.Ending) {
         closeTimer?.cancel()
         idleTimer?.cancel()
-        gateway.registry.remove(self)
+        environment.registry.remove(self)
         switch ending {
         case .abandonedBeforeUpgrade(let error):
-            gateway.eventLog.rejected(.init(
+            environment.eventLog.rejected(.init(
                 status: 499, reason: "client closed the connection during the upstream handshake",
                 method: "GET", path: route.path, clientAddress: clientAddress, route: route.path, error: error))
         case .closed(let outcome):
@@ -297,9 +298,9 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
                 initiator: outcome.cause.initiator, cause: outcome.cause, upstreamCode: outcome.upstreamCode,
                 upstreamReason: outcome.upstreamReason, upstreamStatus: outcome.upstreamStatus, error: outcome.error,
                 durationMs: duration, messagesIn: messagesIn, messagesOut: messagesOut, bytesIn: bytesIn, bytesOut: bytesOut)
-            gateway.eventLog.closed(event)
+            environment.eventLog.closed(event)
             reportTraffic()
-            gateway.metrics.connectionClosed(event)
+            environment.metrics.connectionClosed(event)
             upstream?.connectionFinished(event)
         }
         // Break the session ↔ leg reference cycles.
@@ -310,7 +311,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
 
     /// Adds this connection's new traffic to the gateway-wide counters.
     private func reportTraffic() {
-        let metrics = gateway.metrics
+        let metrics = environment.metrics
         if messagesIn != reported.messagesIn {
             metrics.messagesIn.increment(by: Int64(messagesIn - reported.messagesIn))
             metrics.bytesIn.increment(by: Int64(bytesIn - reported.bytesIn))

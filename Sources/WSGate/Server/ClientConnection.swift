@@ -47,7 +47,7 @@ final class ClientConnection: @unchecked Sendable {
         }
         let session = Session(
             id: ConnectionID.make(), route: match.route, upstreamURL: match.upstreamURL,
-            clientAddress: clientAddress, eventLoop: eventLoop, gateway: gateway)
+            clientAddress: clientAddress, eventLoop: eventLoop, environment: gateway.environment)
         self.session = session
         if gateway.registry.count >= gateway.config.limits.maxConnections {
             session.startRefused(.overloaded)
@@ -55,7 +55,7 @@ final class ClientConnection: @unchecked Sendable {
         }
         let upstream: UpstreamLeg
         do {
-            upstream = try UpstreamFactory(gateway: gateway).make(
+            upstream = try UpstreamFactory(resources: gateway.upstreams).make(
                 for: match, request: head, clientIP: channel.remoteAddress?.ipAddress, connectionID: session.id, eventLoop: eventLoop)
         } catch {
             session.startRefused(.internalError)

@@ -20,7 +20,7 @@ public final class GatewayServer: Sendable {
     public init(config: GatewayConfig, group: EventLoopGroup, logger: Logger, eventLog: EventLog) throws {
         self.gateway = try GatewayContext(config: config, eventLog: eventLog, logger: logger, group: group)
         self.group = group
-        self.admin = AdminServer(gateway: gateway)
+        self.admin = AdminServer(status: gateway, host: config.admin.host, port: config.admin.port, logger: logger)
     }
 
     /// The admin listener's bound port, once started.
@@ -111,7 +111,7 @@ public final class GatewayServer: Sendable {
         }
         // disconnect_url hooks and any last requests finish (each bounded by
         // http_request_ms), then the curl worker stops.
-        await gateway.curl?.shutdown()
+        await gateway.upstreams.curl?.shutdown()
         await admin.stop()
     }
 }

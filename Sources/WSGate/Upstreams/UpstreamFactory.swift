@@ -6,7 +6,7 @@ import NIOHTTP1
 /// client's handshake: the subprotocol offer, the route's `forward_headers`,
 /// `X-Forwarded-For` and the connection id (contract §3, §6).
 struct UpstreamFactory {
-    let gateway: GatewayContext
+    let resources: UpstreamResources
 
     /// No libcurl worker for an HTTP route (cannot happen when the config
     /// was loaded: the workers exist whenever a route is HTTP).
@@ -22,15 +22,15 @@ struct UpstreamFactory {
                 eventLoop: eventLoop, url: match.upstreamURL!,
                 requestHeaders: Self.upstreamHeaders(
                     for: head, url: match.upstreamURL!, route: match.route, connectionID: connectionID, forwardedFor: forwarded),
-                offeredProtocols: Self.offeredProtocols(head.headers), settings: gateway.settings,
-                tls: gateway.upstreamTLS[match.route.path], serverName: match.route.tls?.serverName)
+                offeredProtocols: Self.offeredProtocols(head.headers), settings: resources.settings,
+                tls: resources.tls[match.route.path], serverName: match.route.tls?.serverName)
         case .http:
-            guard let curl = gateway.curl?.client(for: eventLoop) else { throw Unavailable() }
+            guard let curl = resources.curl?.client(for: eventLoop) else { throw Unavailable() }
             let http = HTTPUpstream(
                 eventLoop: eventLoop, client: curl, url: match.upstreamURL!, route: match.route,
                 commonHeaders: Self.httpHeaderLines(for: head, route: match.route, connectionID: connectionID, forwardedFor: forwarded),
-                config: gateway.config, logger: gateway.logger)
-            http.requestTimer = gateway.metrics.httpRequest
+                config: resources.config, logger: resources.logger)
+            http.requestTimer = resources.httpRequestTimer
             return http
         }
     }

@@ -1,0 +1,44 @@
+import WSGatePolicy
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOSSL
+
+/// The gateway's composition root, built once from the config: routing,
+/// what sessions share (`SessionEnvironment`), what upstream legs are built
+/// from (`UpstreamResources`), the listener's TLS, and the drain flag the
+/// admin listener reports.
+final class GatewayContext: AdminStatus {
+    let config: GatewayConfig
+    let routes: RouteTable
+    let environment: SessionEnvironment
+    let upstreams: UpstreamResources
+    /// `listen.tls`: terminate wss:// here.
+    let serverTLS: NIOSSLContext?
+    private let draining = NIOLockedValueBox(false)
+
+    var settings: SessionSettings { environment.settings }
+    var eventLog: EventLog { environment.eventLog }
+    var logger: Logger { environment.logger }
+    var metrics: GatewayMetrics { environment.metrics }
+    var registry: SessionRegistry { environment.registry }
+
+    /// True once a drain started: `/readyz` answers 503.
+    var isDraining: Bool { draining.withLockedValue { $0 } }
+
+    func startDraining() { draining.withLockedValue { $0 = true } }
+
+    func metricsText() -> String { metrics.render() }
+
+    init(config: GatewayConfig, eventLog: EventLog, logger: Logger, group: EventLoopGroup) throws {
+        self.config = config
+        self.routes = RouteTable(routes: config.routes)
+        let settings = SessionSettings(config: config)
+        let metrics = GatewayMetrics(routes: config.routes)
+        self.environment = SessionEnvironment(
+            policy: ClosePolicy(config: config), settings: settings, eventLog: eventLog, logger: logger, metrics: metrics)
+        self.serverTLS = try config.listen.tls.map(ServerTLS.context)
+        self.upstreams = try UpstreamResources(
+            config: config, settings: settings, logger: logger, httpRequestTimer: metrics.httpRequest, group: group)
+    }
+}
