@@ -258,7 +258,7 @@ final class LoadHandler: ChannelInboundHandler, @unchecked Sendable {
             if received >= quota {
                 done.succeed(histogram)
                 var close = context.channel.allocator.buffer(capacity: 2)
-                close.writeInteger(UInt16(1000))
+                close.write(webSocketErrorCode: .normalClosure)
                 context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: nextKey(), data: close)), promise: nil)
             }
         case .connectionClose:
