@@ -32,14 +32,15 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
 /// The walk is over Yams' node tree rather than `Codable`, because `Codable`
 /// silently ignores unknown keys and stops at the first error; here every
 /// unknown key and every bad value is collected with its path.
+///
+/// Which keys exist, what each accepts and where its value goes is data, the
+/// tables in `ConfigTables`; the `Reader` only walks mappings by them.
 public enum ConfigLoader {
-    /// The environment variables that override single keys.
-    public static let environmentOverrides: [(variable: String, path: String)] = [
-        ("WSGATE_LISTEN_PORT", "listen.port"),
-        ("WSGATE_ADMIN_PORT", "admin.port"),
-        ("WSGATE_LOG_LEVEL", "log.level"),
-        ("WSGATE_LOG_FORMAT", "log.format"),
-    ]
+    /// The environment variables that override single keys, with the key each
+    /// one overrides. Read off the key table, where such a key names its
+    /// variable, so a variable cannot drift from its key.
+    public static let environmentOverrides: [(variable: String, path: String)] =
+        ConfigTables.environmentOverrides.map { ($0.variable, $0.path) }
 
     public static func load(yaml: String, environment: [String: String] = [:]) throws(ConfigError) -> GatewayConfig {
         var reader = Reader()
@@ -51,9 +52,10 @@ public enum ConfigLoader {
         }
         var config = GatewayConfig()
         if let root {
-            reader.decode(root: root, into: &config)
+            reader.decode(root, at: "", by: ConfigTables.gateway, into: &config)
         } else {
-            reader.problem("routes", "required key is missing")
+            // An empty file is an empty mapping: all defaults, and the required keys missing.
+            reader.decode([:], at: "", by: ConfigTables.gateway, into: &config)
         }
         reader.applyEnvironment(environment, to: &config)
         reader.validate(&config)
@@ -61,6 +63,384 @@ public enum ConfigLoader {
         return config
     }
 }
+
+// MARK: - The key tables
+
+/// Every key of the config file: one table per mapping, in the order the
+/// keys' problems are reported.
+///
+/// A row names its key once. The mapping's allowed keys (and so the "did you
+/// mean" hints, which offer the first close name), the problem path, the
+/// parser, the field the value goes to and the environment variable, if the
+/// key has one, all come from that row. Keys that need more than a scalar
+/// parser are rows too, with a call to their own code.
+private enum ConfigTables {
+    static let gateway: [ConfigKey<GatewayConfig>] = [
+        .section("listen", [
+            .scalar("host", .string, \.listen.host),
+            .scalar("port", .port, \.listen.port, environment: "WSGATE_LISTEN_PORT"),
+            .custom("tls") { reader, node, path, config in reader.decodeServerTLS(node, path, &config.listen.tls) },
+        ]),
+        .section("admin", [
+            .scalar("host", .string, \.admin.host),
+            .scalar("port", .port, \.admin.port, environment: "WSGATE_ADMIN_PORT"),
+        ]),
+        .section("limits", [
+            .scalar("max_connections", .int(1...10_000_000), \.limits.maxConnections),
+            .scalar("max_message_bytes", .int(1...(1 << 30)), \.limits.maxMessageBytes),
+            .scalar("handshake_timeout_ms", .int(1...3_600_000), \.limits.handshakeTimeoutMs),
+            .scalar("idle_timeout_ms", .int(0...86_400_000), \.limits.idleTimeoutMs),
+        ]),
+        .section("timeouts", [
+            .scalar("upstream_connect_ms", .int(1...3_600_000), \.timeouts.upstreamConnectMs),
+            .scalar("upstream_handshake_ms", .int(1...3_600_000), \.timeouts.upstreamHandshakeMs),
+            .scalar("http_request_ms", .int(1...3_600_000), \.timeouts.httpRequestMs),
+            .scalar("close_handshake_ms", .int(1...3_600_000), \.timeouts.closeHandshakeMs),
+        ]),
+        .section("shutdown", [
+            .scalar("drain_timeout_ms", .int(0...3_600_000), \.shutdown.drainTimeoutMs),
+            .scalar("close_code", .shutdownCloseCode, \.shutdown.closeCode),
+        ]),
+        // `level` first: the environment variables are applied, and listed in
+        // `environmentOverrides`, in table order, and the README has
+        // WSGATE_LOG_LEVEL before WSGATE_LOG_FORMAT.
+        .section("log", [
+            .scalar("level", .oneOf, \.log.level, environment: "WSGATE_LOG_LEVEL"),
+            .scalar("format", .oneOf, \.log.format, environment: "WSGATE_LOG_FORMAT"),
+        ]),
+        .custom("routes", required: true) { reader, node, path, config in reader.decodeRoutes(node, path, &config.routes) },
+        .custom("close_codes") { reader, node, path, config in reader.decodeCloseCodes(node, path, &config.closeCodes) },
+    ]
+
+    /// One entry of `routes`. Its keys fill a `RouteDraft`, because they
+    /// depend on each other: `http` and `tls` on the upstream's scheme, `path`
+    /// on the routes before it.
+    static let route: [ConfigKey<RouteDraft>] = [
+        .custom("path", required: true) { reader, node, path, draft in reader.decodeRoutePath(node, path, &draft) },
+        .scalar("upstream", .upstream, \.upstream, required: true),
+        .custom("forward_headers") { reader, node, path, draft in
+            reader.decodeForwardHeaders(node, path, &draft.forwardHeaders)
+        },
+        .custom("origins") { reader, node, path, draft in
+            if let list = reader.stringList(node, path) { draft.origins = list }
+        },
+        .custom("http") { reader, node, path, draft in reader.decodeRouteHTTP(node, path, &draft) },
+        .custom("tls") { reader, node, path, draft in reader.decodeRouteTLS(node, path, &draft) },
+    ]
+
+    static let routeHTTP: [ConfigKey<Route.HTTPSettings>] = [
+        .scalar("method", .httpMethod, \.method),
+        .scalar("connect_url", .httpURL, \.connectURL),
+        .scalar("disconnect_url", .httpURL, \.disconnectURL),
+        .scalar("on_error", .oneOf, \.onError),
+    ]
+
+    static let routeTLS: [ConfigKey<Route.UpstreamTLS>] = [
+        .scalar("ca_file", .certificateFile, \.caFile),
+        .scalar("server_name", .serverName, \.serverName),
+        .scalar("insecure_skip_verify", .bool, \.insecureSkipVerify),
+    ]
+
+    /// The rows of `gateway` that name an environment variable, in table order.
+    static let environmentOverrides = ConfigKey.environmentOverrides(in: gateway)
+}
+
+/// A route while its keys are read: what has been accepted so far, and the
+/// paths of the routes before it.
+private struct RouteDraft {
+    /// A later route with one of these paths could never match.
+    let earlierPaths: Set<String>
+    var path: String? = nil
+    var upstream: UpstreamTarget? = nil
+    var forwardHeaders: [String] = []
+    var origins: [String]? = nil
+    var http = Route.HTTPSettings()
+    var tls: Route.UpstreamTLS? = nil
+
+    /// The route, if both its required keys were accepted.
+    var route: Route? {
+        guard let path, let upstream else { return nil }
+        var route = Route(path: path, upstream: upstream)
+        route.forwardHeaders = forwardHeaders
+        route.origins = origins
+        route.http = http
+        route.tls = tls
+        return route
+    }
+}
+
+// MARK: - Table rows
+
+/// One key of a mapping, as a row of its table: the key's name, whether it
+/// must be present, and how its value is read into `Root`.
+private struct ConfigKey<Root>: Sendable {
+    /// Reads the key's value, found at the given path, into the root;
+    /// problems go to the reader.
+    typealias Decode = @Sendable (inout Reader, Node, String, inout Root) -> Void
+
+    enum Content: Sendable {
+        /// A scalar, parsed by a `ScalarKind` and stored at a key path.
+        case scalar(ScalarField<Root>)
+        /// A mapping whose keys fill the same root (`listen`, `limits`, …).
+        case section([ConfigKey<Root>])
+        /// A value with code of its own (`routes`, `close_codes`, `listen.tls`).
+        case custom(Decode)
+    }
+
+    let name: String
+    /// Absent, it is reported missing, in its row's place among the problems.
+    let isRequired: Bool
+    let content: Content
+
+    /// A scalar key stored at `field`; `environment` names the variable that
+    /// overrides it (only read for the top-level table).
+    static func scalar<Value>(
+        _ name: String, _ kind: ScalarKind<Value>, _ field: WritableKeyPath<Root, Value> & Sendable,
+        required: Bool = false, environment: String? = nil
+    ) -> ConfigKey {
+        scalar(name, kind, required: required, variable: environment) { root, value in root[keyPath: field] = value }
+    }
+
+    /// A scalar key stored in an optional field, which stays nil while the key is absent.
+    static func scalar<Value>(
+        _ name: String, _ kind: ScalarKind<Value>, _ field: WritableKeyPath<Root, Value?> & Sendable,
+        required: Bool = false, environment: String? = nil
+    ) -> ConfigKey {
+        scalar(name, kind, required: required, variable: environment) { root, value in root[keyPath: field] = value }
+    }
+
+    private static func scalar<Value>(
+        _ name: String, _ kind: ScalarKind<Value>, required: Bool, variable: String?,
+        store: @escaping @Sendable (inout Root, Value) -> Void
+    ) -> ConfigKey {
+        let field = ScalarField<Root>(
+            decode: { reader, node, path, root in
+                if let value = reader.value(node, path, as: kind) { store(&root, value) }
+            },
+            variable: variable,
+            override: { text, root in
+                guard let value = kind.value(fromEnvironment: text) else { return kind.environmentMessage(text) }
+                store(&root, value)
+                return nil
+            })
+        return ConfigKey(name: name, isRequired: required, content: .scalar(field))
+    }
+
+    static func section(_ name: String, _ keys: [ConfigKey]) -> ConfigKey {
+        ConfigKey(name: name, isRequired: false, content: .section(keys))
+    }
+
+    static func custom(_ name: String, required: Bool = false, _ decode: @escaping Decode) -> ConfigKey {
+        ConfigKey(name: name, isRequired: required, content: .custom(decode))
+    }
+
+    /// The scalar rows under `keys` that name an environment variable, with
+    /// their full key paths, depth first in table order.
+    static func environmentOverrides(in keys: [ConfigKey], under path: String = "") -> [EnvironmentOverride<Root>] {
+        keys.flatMap { key -> [EnvironmentOverride<Root>] in
+            let keyPath = childPath(path, key.name)
+            switch key.content {
+            case .scalar(let field):
+                guard let variable = field.variable else { return [] }
+                return [EnvironmentOverride(variable: variable, path: keyPath, apply: field.override)]
+            case .section(let children):
+                return environmentOverrides(in: children, under: keyPath)
+            case .custom:
+                return []
+            }
+        }
+    }
+}
+
+/// A scalar row's reading and storing, with the value's type erased so that
+/// one table holds integers, enums and strings alike.
+private struct ScalarField<Root>: Sendable {
+    let decode: ConfigKey<Root>.Decode
+    /// The environment variable that overrides the key, if any.
+    let variable: String?
+    /// Stores an environment value, or returns why it was refused.
+    let override: @Sendable (String, inout Root) -> String?
+}
+
+/// An environment variable, the key path it overrides, and how it is stored.
+private struct EnvironmentOverride<Root>: Sendable {
+    let variable: String
+    let path: String
+    let apply: @Sendable (String, inout Root) -> String?
+}
+
+// MARK: - Scalar kinds
+
+/// What a scalar's text parsed to.
+private enum Parsed<Value> {
+    case value(Value)
+    /// Not of the kind at all; the file says "expected an integer, found …".
+    case malformed
+    /// Of the kind but not allowed; the message says why.
+    case rejected(String)
+}
+
+/// What a scalar key accepts: its one parser, and how a refusal is worded.
+///
+/// The file and the environment both go through `parse`, so a value means the
+/// same wherever it is set. Only the wording differs: an environment value
+/// has no YAML node to describe, and is named by its variable.
+private struct ScalarKind<Value>: Sendable {
+    /// Named in "expected …, found …" when a YAML value is the wrong shape.
+    let expected: String
+    /// Integers and booleans must be plain scalars: a quoted `"10"` is text.
+    let plainOnly: Bool
+    let parse: @Sendable (String) -> Parsed<Value>
+    /// An environment value as `parse` should see it.
+    let environmentText: @Sendable (String) -> String
+    /// The problem for a refused environment value, given the text as set.
+    let environmentMessage: @Sendable (String) -> String
+
+    /// This kind, then a further check or conversion of its value; refusals
+    /// from the environment keep this kind's wording.
+    func then<T>(_ refine: @escaping @Sendable (Value) -> Parsed<T>) -> ScalarKind<T> {
+        ScalarKind<T>(
+            expected: expected, plainOnly: plainOnly,
+            parse: { text in
+                switch self.parse(text) {
+                case .value(let value): return refine(value)
+                case .malformed: return .malformed
+                case .rejected(let message): return .rejected(message)
+                }
+            },
+            environmentText: environmentText, environmentMessage: environmentMessage)
+    }
+
+    /// An environment value, parsed as the same text in the file would be; nil if refused.
+    func value(fromEnvironment text: String) -> Value? {
+        if case .value(let value) = parse(environmentText(text)) { return value }
+        return nil
+    }
+}
+
+extension ScalarKind where Value == String {
+    static var string: ScalarKind {
+        ScalarKind(
+            expected: "a string", plainOnly: false, parse: { .value($0) },
+            environmentText: { $0 }, environmentMessage: { "invalid value \(JSONText.quoted($0))" })
+    }
+}
+
+extension ScalarKind where Value == Int {
+    /// An integer in `range`; `noun` names it when an environment value is refused.
+    static func int(_ range: ClosedRange<Int>, noun: String = "integer") -> ScalarKind {
+        ScalarKind(
+            expected: "an integer", plainOnly: true,
+            parse: { text in
+                guard let value = Int(text) else { return .malformed }
+                guard range.contains(value) else {
+                    return .rejected("\(value) is out of range \(range.lowerBound)...\(range.upperBound)")
+                }
+                return .value(value)
+            },
+            environmentText: { $0 }, environmentMessage: { "invalid \(noun) \(JSONText.quoted($0))" })
+    }
+
+    /// A TCP port; 0 asks for a free one.
+    static var port: ScalarKind { int(0...65535, noun: "port") }
+}
+
+extension ScalarKind where Value == Bool {
+    static var bool: ScalarKind {
+        ScalarKind(
+            expected: "true or false", plainOnly: true,
+            parse: { text in text == "true" ? .value(true) : text == "false" ? .value(false) : .malformed },
+            environmentText: { $0 }, environmentMessage: { "expected true or false, found \(JSONText.quoted($0))" })
+    }
+}
+
+extension ScalarKind where Value: RawRepresentable & CaseIterable & Sendable, Value.RawValue == String {
+    /// One of an enum's raw values. The environment matches them in any case
+    /// (`WSGATE_LOG_LEVEL=DEBUG`); the file does not.
+    static var oneOf: ScalarKind {
+        let options = Value.allCases.map(\.rawValue).joined(separator: " | ")
+        let refusal: @Sendable (String) -> String = { "invalid value \(JSONText.quoted($0)) (expected \(options))" }
+        return ScalarKind(
+            expected: "a string", plainOnly: false,
+            parse: { text in
+                guard let value = Value(rawValue: text) else { return .rejected(refusal(text)) }
+                return .value(value)
+            },
+            environmentText: { $0.lowercased() }, environmentMessage: refusal)
+    }
+}
+
+// The kinds of single keys, each a general kind plus that key's own rule.
+
+extension ScalarKind where Value == UInt16 {
+    /// `shutdown.close_code`: a close code that says the server is going away.
+    static var shutdownCloseCode: ScalarKind {
+        ScalarKind<Int>.int(Int(CloseCode.normal)...4999).then { code in
+            guard CloseCode.shutdownChoices.contains(UInt16(code)) else {
+                return .rejected("must be 1001 (Going Away) or 1012 (Service Restart), found \(code)")
+            }
+            return .value(UInt16(code))
+        }
+    }
+}
+
+extension ScalarKind where Value == UpstreamTarget {
+    static var upstream: ScalarKind {
+        ScalarKind<String>.string.then { text in
+            switch UpstreamTarget.parse(text) {
+            case .success(let target): return .value(target)
+            case .failure(let error): return .rejected(error.message)
+            }
+        }
+    }
+}
+
+extension ScalarKind where Value == String {
+    /// `http.method`: POST, PUT or PATCH in any case, stored upper-cased.
+    static var httpMethod: ScalarKind {
+        string.then { text in
+            let upper = text.uppercased()
+            guard ["POST", "PUT", "PATCH"].contains(upper) else {
+                return .rejected("unsupported method \(JSONText.quoted(text)) (expected POST | PUT | PATCH)")
+            }
+            return .value(upper)
+        }
+    }
+
+    /// An `http://` or `https://` URL, stored as written.
+    static var httpURL: ScalarKind {
+        string.then { text in
+            switch URLParts.parse(text) {
+            case .success(let url) where url.scheme == "http" || url.scheme == "https":
+                return .value(text)
+            case .success(let url):
+                return .rejected("expected an http:// or https:// URL, found scheme \(JSONText.quoted(url.scheme))")
+            case .failure(let error):
+                return .rejected(error.message)
+            }
+        }
+    }
+
+    /// A PEM file of certificates, loaded now so a bad one fails the check, not a connection.
+    static var certificateFile: ScalarKind {
+        string.then { path in
+            if let message = PEMFiles.checkCertificates(path) { return .rejected(message) }
+            return .value(path)
+        }
+    }
+
+    /// A host name for SNI and certificate verification, stored lower-cased.
+    static var serverName: ScalarKind {
+        string.then { text in
+            if text.isEmpty || text.contains(where: { $0 == " " || $0 == "/" || $0 == ":" }) {
+                return .rejected("invalid server name \(JSONText.quoted(text))")
+            }
+            return .value(text.lowercased())
+        }
+    }
+}
+
+// MARK: - Reader
 
 private struct Reader {
     var problems: [ConfigProblem] = []
@@ -70,6 +450,31 @@ private struct Reader {
     }
 
     // MARK: Structure
+
+    /// Reads a mapping by its table. False if the node is not a mapping.
+    @discardableResult
+    mutating func decode<Root>(_ node: Node, at path: String, by keys: [ConfigKey<Root>], into root: inout Root) -> Bool {
+        guard let entries = mapping(node, path, allowed: keys.map(\.name)) else { return false }
+        decode(entries, at: path, by: keys, into: &root)
+        return true
+    }
+
+    /// Reads a mapping's entries by its table, in table order (not the
+    /// file's), so problems come out in the same order for every file.
+    mutating func decode<Root>(_ entries: [String: Node], at path: String, by keys: [ConfigKey<Root>], into root: inout Root) {
+        for key in keys {
+            let keyPath = childPath(path, key.name)
+            guard let node = entries[key.name] else {
+                if key.isRequired { problem(keyPath, "required key is missing") }
+                continue
+            }
+            switch key.content {
+            case .scalar(let field): field.decode(&self, node, keyPath, &root)
+            case .section(let children): decode(node, at: keyPath, by: children, into: &root)
+            case .custom(let read): read(&self, node, keyPath, &root)
+            }
+        }
+    }
 
     /// Returns the mapping's entries keyed by name, reporting unknown and
     /// duplicate keys.
@@ -84,7 +489,7 @@ private struct Reader {
                 problem(path, "keys must be strings")
                 continue
             }
-            let childPath = path.isEmpty ? key.string : "\(path).\(key.string)"
+            let childPath = childPath(path, key.string)
             if !allowed.contains(key.string) {
                 var message = "unknown key"
                 if let guess = allowed.first(where: { editDistance($0, key.string) <= 2 }) {
@@ -111,43 +516,23 @@ private struct Reader {
         }
     }
 
-    mutating func string(_ node: Node, _ path: String) -> String? {
-        guard case .scalar(let scalar) = node else {
-            problem(path, "expected a string, found \(kind(node))")
-            return nil
-        }
-        return scalar.string
+    func describe(_ node: Node) -> String {
+        if case .scalar(let s) = node { return JSONText.quoted(s.string) }
+        return kind(node)
     }
 
-    mutating func int(_ node: Node, _ path: String, in range: ClosedRange<Int>) -> Int? {
-        guard case .scalar(let scalar) = node, scalar.style == .plain, let value = Int(scalar.string) else {
-            problem(path, "expected an integer, found \(describe(node))")
-            return nil
+    /// The node's value as `kind` parses it, or nil with the problem reported.
+    mutating func value<Value>(_ node: Node, _ path: String, as kind: ScalarKind<Value>) -> Value? {
+        var parsed = Parsed<Value>.malformed
+        if case .scalar(let scalar) = node, !kind.plainOnly || scalar.style == .plain {
+            parsed = kind.parse(scalar.string)
         }
-        guard range.contains(value) else {
-            problem(path, "\(value) is out of range \(range.lowerBound)...\(range.upperBound)")
-            return nil
+        switch parsed {
+        case .value(let value): return value
+        case .malformed: problem(path, "expected \(kind.expected), found \(describe(node))")
+        case .rejected(let message): problem(path, message)
         }
-        return value
-    }
-
-    mutating func enumValue<E: RawRepresentable & CaseIterable>(_ node: Node, _ path: String, _: E.Type) -> E?
-    where E.RawValue == String {
-        guard let text = string(node, path) else { return nil }
-        guard let value = E(rawValue: text) else {
-            let options = E.allCases.map(\.rawValue).joined(separator: " | ")
-            problem(path, "invalid value \(JSONText.quoted(text)) (expected \(options))")
-            return nil
-        }
-        return value
-    }
-
-    mutating func bool(_ node: Node, _ path: String) -> Bool? {
-        guard case .scalar(let scalar) = node, scalar.style == .plain, ["true", "false"].contains(scalar.string) else {
-            problem(path, "expected true or false, found \(describe(node))")
-            return nil
-        }
-        return scalar.string == "true"
+        return nil
     }
 
     mutating func stringList(_ node: Node, _ path: String) -> [String]? {
@@ -157,252 +542,120 @@ private struct Reader {
         }
         var result: [String] = []
         for (index, item) in sequence.enumerated() {
-            if let s = string(item, "\(path)[\(index)]") { result.append(s) }
+            if let s = value(item, "\(path)[\(index)]", as: .string) { result.append(s) }
         }
         return result
     }
 
-    func describe(_ node: Node) -> String {
-        if case .scalar(let s) = node { return JSONText.quoted(s.string) }
-        return kind(node)
+    // MARK: Keys with code of their own
+
+    /// `listen.tls`: both files are required, and are loaded only once both are named.
+    mutating func decodeServerTLS(_ node: Node, _ path: String, _ tls: inout GatewayConfig.TLSFiles?) {
+        guard let t = mapping(node, path, allowed: ["certificate", "private_key"]) else { return }
+        let certificatePath = "\(path).certificate", keyPath = "\(path).private_key"
+        let cert = t["certificate"].flatMap { value($0, certificatePath, as: .string) }
+        let key = t["private_key"].flatMap { value($0, keyPath, as: .string) }
+        if t["certificate"] == nil { problem(certificatePath, "required key is missing") }
+        if t["private_key"] == nil { problem(keyPath, "required key is missing") }
+        guard let cert, let key else { return }
+        var ok = true
+        if let message = PEMFiles.checkCertificates(cert) {
+            problem(certificatePath, message)
+            ok = false
+        }
+        if let message = PEMFiles.checkPrivateKey(key) {
+            problem(keyPath, message)
+            ok = false
+        }
+        if ok { tls = .init(certificate: cert, privateKey: key) }
     }
 
-    // MARK: Sections
-
-    mutating func decode(root: Node, into config: inout GatewayConfig) {
-        let sections = ["listen", "admin", "limits", "timeouts", "shutdown", "log", "routes", "close_codes"]
-        guard let top = mapping(root, "", allowed: sections) else { return }
-        if let node = top["listen"] { decodeListen(node, &config.listen) }
-        if let node = top["admin"], let m = mapping(node, "admin", allowed: ["host", "port"]) {
-            if let n = m["host"], let v = string(n, "admin.host") { config.admin.host = v }
-            if let n = m["port"], let v = int(n, "admin.port", in: 0...65535) { config.admin.port = v }
-        }
-        if let node = top["limits"] {
-            let keys = ["max_connections", "max_message_bytes", "handshake_timeout_ms", "idle_timeout_ms"]
-            if let m = mapping(node, "limits", allowed: keys) {
-                if let n = m["max_connections"], let v = int(n, "limits.max_connections", in: 1...10_000_000) {
-                    config.limits.maxConnections = v
-                }
-                if let n = m["max_message_bytes"], let v = int(n, "limits.max_message_bytes", in: 1...(1 << 30)) {
-                    config.limits.maxMessageBytes = v
-                }
-                if let n = m["handshake_timeout_ms"], let v = int(n, "limits.handshake_timeout_ms", in: 1...3_600_000) {
-                    config.limits.handshakeTimeoutMs = v
-                }
-                if let n = m["idle_timeout_ms"], let v = int(n, "limits.idle_timeout_ms", in: 0...86_400_000) {
-                    config.limits.idleTimeoutMs = v
-                }
-            }
-        }
-        if let node = top["timeouts"] {
-            let keys = ["upstream_connect_ms", "upstream_handshake_ms", "http_request_ms", "close_handshake_ms"]
-            if let m = mapping(node, "timeouts", allowed: keys) {
-                let range = 1...3_600_000
-                if let n = m["upstream_connect_ms"], let v = int(n, "timeouts.upstream_connect_ms", in: range) {
-                    config.timeouts.upstreamConnectMs = v
-                }
-                if let n = m["upstream_handshake_ms"], let v = int(n, "timeouts.upstream_handshake_ms", in: range) {
-                    config.timeouts.upstreamHandshakeMs = v
-                }
-                if let n = m["http_request_ms"], let v = int(n, "timeouts.http_request_ms", in: range) {
-                    config.timeouts.httpRequestMs = v
-                }
-                if let n = m["close_handshake_ms"], let v = int(n, "timeouts.close_handshake_ms", in: range) {
-                    config.timeouts.closeHandshakeMs = v
-                }
-            }
-        }
-        if let node = top["shutdown"], let m = mapping(node, "shutdown", allowed: ["drain_timeout_ms", "close_code"]) {
-            if let n = m["drain_timeout_ms"], let v = int(n, "shutdown.drain_timeout_ms", in: 0...3_600_000) {
-                config.shutdown.drainTimeoutMs = v
-            }
-            if let n = m["close_code"], let v = int(n, "shutdown.close_code", in: 1000...4999) {
-                if CloseCode.shutdownChoices.contains(UInt16(v)) {
-                    config.shutdown.closeCode = UInt16(v)
-                } else {
-                    problem("shutdown.close_code", "must be 1001 (Going Away) or 1012 (Service Restart), found \(v)")
-                }
-            }
-        }
-        if let node = top["log"], let m = mapping(node, "log", allowed: ["format", "level"]) {
-            if let n = m["format"], let v = enumValue(n, "log.format", GatewayConfig.LogFormat.self) {
-                config.log.format = v
-            }
-            if let n = m["level"], let v = enumValue(n, "log.level", GatewayConfig.LogLevel.self) {
-                config.log.level = v
-            }
-        }
-        if let node = top["routes"] {
-            decodeRoutes(node, &config.routes)
-        } else {
-            problem("routes", "required key is missing")
-        }
-        if let node = top["close_codes"] { decodeCloseCodes(node, &config.closeCodes) }
-    }
-
-    mutating func decodeListen(_ node: Node, _ listen: inout GatewayConfig.Listen) {
-        guard let m = mapping(node, "listen", allowed: ["host", "port", "tls"]) else { return }
-        if let n = m["host"], let v = string(n, "listen.host") { listen.host = v }
-        if let n = m["port"], let v = int(n, "listen.port", in: 0...65535) { listen.port = v }
-        if let n = m["tls"], let t = mapping(n, "listen.tls", allowed: ["certificate", "private_key"]) {
-            let cert = t["certificate"].flatMap { string($0, "listen.tls.certificate") }
-            let key = t["private_key"].flatMap { string($0, "listen.tls.private_key") }
-            if t["certificate"] == nil { problem("listen.tls.certificate", "required key is missing") }
-            if t["private_key"] == nil { problem("listen.tls.private_key", "required key is missing") }
-            if let cert, let key {
-                var ok = true
-                if let message = PEMFiles.checkCertificates(cert) {
-                    problem("listen.tls.certificate", message)
-                    ok = false
-                }
-                if let message = PEMFiles.checkPrivateKey(key) {
-                    problem("listen.tls.private_key", message)
-                    ok = false
-                }
-                if ok { listen.tls = .init(certificate: cert, privateKey: key) }
-            }
-        }
-    }
-
-    mutating func decodeRoutes(_ node: Node, _ routes: inout [Route]) {
+    mutating func decodeRoutes(_ node: Node, _ path: String, _ routes: inout [Route]) {
         guard case .sequence(let sequence) = node else {
-            problem("routes", "expected a list, found \(kind(node))")
+            problem(path, "expected a list, found \(kind(node))")
             return
         }
-        if sequence.isEmpty { problem("routes", "at least one route is required") }
-        var seenPaths: Set<String> = []
+        if sequence.isEmpty { problem(path, "at least one route is required") }
+        var paths: Set<String> = []
         for (index, item) in sequence.enumerated() {
-            let base = "routes[\(index)]"
-            let keys = ["path", "upstream", "forward_headers", "origins", "http", "tls"]
-            guard let m = mapping(item, base, allowed: keys) else { continue }
-            var path: String? = nil
-            if let n = m["path"], let p = string(n, "\(base).path") {
-                if let message = RoutePattern.validate(p) {
-                    problem("\(base).path", message)
-                } else if !seenPaths.insert(p).inserted {
-                    problem("\(base).path", "duplicate path \(JSONText.quoted(p)) (the later route could never match)")
-                } else {
-                    path = p
-                }
-            } else if m["path"] == nil {
-                problem("\(base).path", "required key is missing")
-            }
-            var upstream: UpstreamTarget? = nil
-            if let n = m["upstream"], let u = string(n, "\(base).upstream") {
-                switch UpstreamTarget.parse(u) {
-                case .success(let target): upstream = target
-                case .failure(let error): problem("\(base).upstream", error.message)
-                }
-            } else if m["upstream"] == nil {
-                problem("\(base).upstream", "required key is missing")
-            }
-            var forward: [String] = []
-            if let n = m["forward_headers"], let list = stringList(n, "\(base).forward_headers") {
-                for (i, name) in list.enumerated() {
-                    let lower = name.lowercased()
-                    if !HeaderRules.isToken(lower) {
-                        problem("\(base).forward_headers[\(i)]", "invalid header name \(JSONText.quoted(name))")
-                    } else if HeaderRules.neverForwarded.contains(lower) {
-                        problem("\(base).forward_headers[\(i)]", "\(JSONText.quoted(name)) is set by the gateway itself and cannot be forwarded")
-                    } else {
-                        forward.append(lower)
-                    }
-                }
-            }
-            var origins: [String]? = nil
-            if let n = m["origins"], let list = stringList(n, "\(base).origins") {
-                origins = list
-            }
-            var http = Route.HTTPSettings()
-            if let n = m["http"] {
-                let keys = ["method", "connect_url", "disconnect_url", "on_error"]
-                if let h = mapping(n, "\(base).http", allowed: keys) {
-                    if let n = h["method"], let v = string(n, "\(base).http.method") {
-                        let upper = v.uppercased()
-                        if ["POST", "PUT", "PATCH"].contains(upper) { http.method = upper } else {
-                            problem("\(base).http.method", "unsupported method \(JSONText.quoted(v)) (expected POST | PUT | PATCH)")
-                        }
-                    }
-                    for (key, assign) in [("connect_url", 0), ("disconnect_url", 1)] {
-                        guard let n = h[key], let v = string(n, "\(base).http.\(key)") else { continue }
-                        switch URLParts.parse(v) {
-                        case .success(let url) where url.scheme == "http" || url.scheme == "https":
-                            if assign == 0 { http.connectURL = v } else { http.disconnectURL = v }
-                        case .success(let url):
-                            problem("\(base).http.\(key)", "expected an http:// or https:// URL, found scheme \(JSONText.quoted(url.scheme))")
-                        case .failure(let e):
-                            problem("\(base).http.\(key)", e.message)
-                        }
-                    }
-                    if let n = h["on_error"], let v = enumValue(n, "\(base).http.on_error", Route.HTTPOnError.self) {
-                        http.onError = v
-                    }
-                }
-                if let upstream, case .http = upstream {} else if upstream != nil {
-                    problem("\(base).http", "only applies to http:// and https:// upstreams")
-                }
-            }
-            var tls: Route.UpstreamTLS? = nil
-            if let n = m["tls"], let t = mapping(n, "\(base).tls", allowed: ["ca_file", "server_name", "insecure_skip_verify"]) {
-                var settings = Route.UpstreamTLS()
-                if let n = t["ca_file"], let v = string(n, "\(base).tls.ca_file") {
-                    if let message = PEMFiles.checkCertificates(v) {
-                        problem("\(base).tls.ca_file", message)
-                    } else {
-                        settings.caFile = v
-                    }
-                }
-                if let n = t["server_name"], let v = string(n, "\(base).tls.server_name") {
-                    if v.isEmpty || v.contains(where: { $0 == " " || $0 == "/" || $0 == ":" }) {
-                        problem("\(base).tls.server_name", "invalid server name \(JSONText.quoted(v))")
-                    } else {
-                        settings.serverName = v.lowercased()
-                    }
-                }
-                if let n = t["insecure_skip_verify"], let v = bool(n, "\(base).tls.insecure_skip_verify") {
-                    settings.insecureSkipVerify = v
-                }
-                let isTLS: Bool
-                switch upstream {
-                case .webSocket(let url)?, .http(let url)?: isTLS = url.isTLS
-                default: isTLS = false
-                }
-                if upstream != nil && !isTLS {
-                    problem("\(base).tls", "only applies to wss:// and https:// upstreams")
-                }
-                tls = settings
-            }
-            if let path, let upstream {
-                var route = Route(path: path, upstream: upstream)
-                route.forwardHeaders = forward
-                route.origins = origins
-                route.http = http
-                route.tls = tls
-                routes.append(route)
+            var draft = RouteDraft(earlierPaths: paths)
+            decode(item, at: "\(path)[\(index)]", by: ConfigTables.route, into: &draft)
+            if let accepted = draft.path { paths.insert(accepted) }
+            if let route = draft.route { routes.append(route) }
+        }
+    }
+
+    mutating func decodeRoutePath(_ node: Node, _ path: String, _ draft: inout RouteDraft) {
+        guard let text = value(node, path, as: .string) else { return }
+        if let message = RoutePattern.validate(text) {
+            problem(path, message)
+        } else if draft.earlierPaths.contains(text) {
+            problem(path, "duplicate path \(JSONText.quoted(text)) (the later route could never match)")
+        } else {
+            draft.path = text
+        }
+    }
+
+    mutating func decodeForwardHeaders(_ node: Node, _ path: String, _ headers: inout [String]) {
+        guard let list = stringList(node, path) else { return }
+        for (i, name) in list.enumerated() {
+            let lower = name.lowercased()
+            if !HeaderRules.isToken(lower) {
+                problem("\(path)[\(i)]", "invalid header name \(JSONText.quoted(name))")
+            } else if HeaderRules.neverForwarded.contains(lower) {
+                problem("\(path)[\(i)]", "\(JSONText.quoted(name)) is set by the gateway itself and cannot be forwarded")
+            } else {
+                headers.append(lower)
             }
         }
     }
 
-    mutating func decodeCloseCodes(_ node: Node, _ overrides: inout [CloseCause: UInt16]) {
+    /// A route's `http` settings, which only an HTTP upstream has a use for.
+    mutating func decodeRouteHTTP(_ node: Node, _ path: String, _ draft: inout RouteDraft) {
+        decode(node, at: path, by: ConfigTables.routeHTTP, into: &draft.http)
+        switch draft.upstream {
+        case .http?, nil: break
+        case .echo?, .webSocket?: problem(path, "only applies to http:// and https:// upstreams")
+        }
+    }
+
+    /// A route's `tls` settings, which only a TLS upstream has a use for.
+    mutating func decodeRouteTLS(_ node: Node, _ path: String, _ draft: inout RouteDraft) {
+        var settings = Route.UpstreamTLS()
+        guard decode(node, at: path, by: ConfigTables.routeTLS, into: &settings) else { return }
+        let isTLS: Bool
+        switch draft.upstream {
+        case .webSocket(let url)?, .http(let url)?: isTLS = url.isTLS
+        default: isTLS = false
+        }
+        if draft.upstream != nil && !isTLS {
+            problem(path, "only applies to wss:// and https:// upstreams")
+        }
+        draft.tls = settings
+    }
+
+    /// `close_codes`: its keys are causes, checked against `CloseCause`
+    /// rather than a table.
+    mutating func decodeCloseCodes(_ node: Node, _ path: String, _ overrides: inout [CloseCause: UInt16]) {
         guard case .mapping(let mapping) = node else {
-            problem("close_codes", "expected a mapping, found \(kind(node))")
+            problem(path, "expected a mapping, found \(kind(node))")
             return
         }
-        for (keyNode, value) in mapping {
+        for (keyNode, codeNode) in mapping {
             guard case .scalar(let key) = keyNode else {
-                problem("close_codes", "keys must be strings")
+                problem(path, "keys must be strings")
                 continue
             }
-            let path = "close_codes.\(key.string)"
+            let causePath = childPath(path, key.string)
             guard let cause = CloseCause(rawValue: key.string) else {
-                problem(path, "unknown cause")
+                problem(causePath, "unknown cause")
                 continue
             }
-            guard let code = int(value, path, in: 0...65535) else { continue }
+            guard let code = value(codeNode, causePath, as: .int(0...65535)) else { continue }
             if !cause.isOverridable {
-                problem(path, "cannot be overridden: the code is the one the peer sent")
+                problem(causePath, "cannot be overridden: the code is the one the peer sent")
             } else if !CloseCode.isAllowedOverride(code) {
-                problem(path, "\(code) is not allowed (use 1000-1003, 1007-1014, 3000-4999, or 1006 to drop the TCP connection)")
+                problem(causePath, "\(code) is not allowed (use 1000-1003, 1007-1014, 3000-4999, or 1006 to drop the TCP connection)")
             } else {
                 overrides[cause] = UInt16(code)
             }
@@ -411,26 +664,13 @@ private struct Reader {
 
     // MARK: Environment and cross-field checks
 
+    /// Applies the variables of `ConfigTables.environmentOverrides`, each
+    /// parsed by its key's kind; a refused value is reported under the
+    /// variable's name, since that is where the user has to fix it.
     mutating func applyEnvironment(_ environment: [String: String], to config: inout GatewayConfig) {
-        if let v = environment["WSGATE_LISTEN_PORT"] {
-            if let p = Int(v), (0...65535).contains(p) { config.listen.port = p } else {
-                problem("WSGATE_LISTEN_PORT", "invalid port \(JSONText.quoted(v))")
-            }
-        }
-        if let v = environment["WSGATE_ADMIN_PORT"] {
-            if let p = Int(v), (0...65535).contains(p) { config.admin.port = p } else {
-                problem("WSGATE_ADMIN_PORT", "invalid port \(JSONText.quoted(v))")
-            }
-        }
-        if let v = environment["WSGATE_LOG_LEVEL"] {
-            if let l = GatewayConfig.LogLevel(rawValue: v.lowercased()) { config.log.level = l } else {
-                problem("WSGATE_LOG_LEVEL", "invalid value \(JSONText.quoted(v)) (expected trace | debug | info | notice | warning | error)")
-            }
-        }
-        if let v = environment["WSGATE_LOG_FORMAT"] {
-            if let f = GatewayConfig.LogFormat(rawValue: v.lowercased()) { config.log.format = f } else {
-                problem("WSGATE_LOG_FORMAT", "invalid value \(JSONText.quoted(v)) (expected json | text)")
-            }
+        for override in ConfigTables.environmentOverrides {
+            guard let text = environment[override.variable] else { continue }
+            if let message = override.apply(text, &config) { problem(override.variable, message) }
         }
     }
 
@@ -441,6 +681,11 @@ private struct Reader {
             problem("admin.port", "must differ from listen.port (\(config.listen.port))")
         }
     }
+}
+
+/// A key's path below its mapping's: `limits` + `max_connections`.
+private func childPath(_ parent: String, _ key: String) -> String {
+    parent.isEmpty ? key : "\(parent).\(key)"
 }
 
 /// Levenshtein distance, for "did you mean" hints on unknown keys.
