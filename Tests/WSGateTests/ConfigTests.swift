@@ -158,6 +158,85 @@ struct ConfigTests {
         #expect(problems(yaml, env: ["WSGATE_LISTEN_PORT": "http"]) == ["WSGATE_LISTEN_PORT: invalid port \"http\""])
     }
 
+    @Test func environmentOverridesAreTheREADMEs() throws {
+        let readme = try #require(readFile("README.md"), "cannot read README.md")
+        let start = try #require(readme.range(of: "Environment variables override single keys:"))
+        let paragraph = readme[start.upperBound...].prefix { $0 != "." }
+        let documented = paragraph.split(separator: "`").filter { $0.hasPrefix("WSGATE_") }.map(String.init)
+        #expect(documented.count == 4)
+        #expect(ConfigLoader.environmentOverrides.map(\.variable) == documented)
+        #expect(ConfigLoader.environmentOverrides.map(\.path) == ["listen.port", "admin.port", "log.level", "log.format"])
+    }
+
+    /// Each variable sets the same field, from the same text, as its key in the file.
+    @Test func everyEnvironmentOverrideActsLikeItsKey() throws {
+        let routes = "routes:\n  - {path: /a, upstream: builtin:echo}\n"
+        let samples = ["listen.port": "1234", "admin.port": "4321", "log.level": "debug", "log.format": "text"]
+        for (variable, path) in ConfigLoader.environmentOverrides {
+            let text = try #require(samples[path], "no sample value for \(path)")
+            let parts = path.split(separator: ".")
+            let fromFile = try ConfigLoader.load(yaml: "\(parts[0]): {\(parts[1]): \(text)}\n" + routes)
+            let fromEnvironment = try ConfigLoader.load(yaml: routes, environment: [variable: text])
+            #expect(fromFile == fromEnvironment, "\(variable) vs \(path)")
+            #expect(fromEnvironment != GatewayConfig.defaultsForTest(routes: fromFile.routes), "\(variable) changed nothing")
+            #expect(problems(routes, env: [variable: "[nope]"]).count == 1)
+            #expect(problems(routes, env: [variable: "[nope]"]).first?.hasPrefix("\(variable): invalid ") == true)
+        }
+    }
+
+    @Test func environmentProblemsKeepTheirWording() {
+        let routes = "routes:\n  - {path: /a, upstream: builtin:echo}\n"
+        let env = ["WSGATE_LISTEN_PORT": "70000", "WSGATE_ADMIN_PORT": "-1", "WSGATE_LOG_LEVEL": "LOUD", "WSGATE_LOG_FORMAT": "Xml"]
+        #expect(problems(routes, env: env) == [
+            "WSGATE_LISTEN_PORT: invalid port \"70000\"",
+            "WSGATE_ADMIN_PORT: invalid port \"-1\"",
+            "WSGATE_LOG_LEVEL: invalid value \"LOUD\" (expected trace | debug | info | notice | warning | error)",
+            "WSGATE_LOG_FORMAT: invalid value \"Xml\" (expected json | text)",
+        ])
+        // Environment values are matched in any case, file values are not.
+        #expect(problems(routes, env: ["WSGATE_LOG_FORMAT": "TEXT"]).isEmpty)
+        #expect(problems("log: {format: TEXT}\n" + routes) == ["log.format: invalid value \"TEXT\" (expected json | text)"])
+    }
+
+    @Test func routeSettingsDecode() throws {
+        let yaml = """
+            routes:
+              - path: /api
+                upstream: https://127.0.0.1:9002/messages
+                http: {method: put, connect_url: "http://a/c", disconnect_url: "https://b/d", on_error: reply}
+                tls: {server_name: Chat.Internal, insecure_skip_verify: true}
+            """
+        let route = try #require(try ConfigLoader.load(yaml: yaml).routes.first)
+        #expect(route.http.method == "PUT")
+        #expect(route.http.connectURL == "http://a/c")
+        #expect(route.http.disconnectURL == "https://b/d")
+        #expect(route.http.onError == .reply)
+        #expect(route.tls == Route.UpstreamTLS(caFile: nil, serverName: "chat.internal", insecureSkipVerify: true))
+    }
+
+    @Test func tableKeysKeepTheirHintsAndPaths() {
+        let yaml = """
+            listen: {prot: 1}
+            admin: {hots: x}
+            timeouts: {http_request_m: 5}
+            shutdown: {close_code: "1001", drain_timeout_ms: 3600001}
+            log: {levle: debug}
+            routes:
+              - {path: /a, upstream: http://x/y, http: {methd: POST}, tls: {ca_fil: x}}
+            """
+        #expect(problems(yaml) == [
+            "listen.prot: unknown key (did you mean port?)",
+            "admin.hots: unknown key (did you mean host?)",
+            "timeouts.http_request_m: unknown key (did you mean http_request_ms?)",
+            "shutdown.drain_timeout_ms: 3600001 is out of range 0...3600000",
+            "shutdown.close_code: expected an integer, found \"1001\"",
+            "log.levle: unknown key (did you mean level?)",
+            "routes[0].http.methd: unknown key (did you mean method?)",
+            "routes[0].tls.ca_fil: unknown key (did you mean ca_file?)",
+            "routes[0].tls: only applies to wss:// and https:// upstreams",
+        ])
+    }
+
     @Test func shippedConfigsAreValid() throws {
         for path in ["config/wsgate.yaml", "config/examples/production.yaml"] {
             let text = try #require(readFile(path), "cannot read \(path)")
@@ -167,6 +246,15 @@ struct ConfigTests {
         let shipped = try ConfigLoader.load(yaml: readFile("config/wsgate.yaml")!)
         #expect(shipped.listen.port == 8080)
         #expect(shipped.routes.contains { $0.path == "/echo" && $0.upstream == .echo })
+    }
+}
+
+extension GatewayConfig {
+    /// The defaults, with the given routes.
+    static func defaultsForTest(routes: [Route]) -> GatewayConfig {
+        var config = GatewayConfig()
+        config.routes = routes
+        return config
     }
 }
 
