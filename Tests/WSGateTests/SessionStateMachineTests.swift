@@ -370,27 +370,45 @@ struct SessionStateMachineTests {
         #expect(run.send(.idleElapsed) == .none)
     }
 
-    @Test func drainTimeoutDropsBothLegs() {
+    @Test func drainTimeoutClosesThenDropsBothLegs() {
         var run = Self.run([.upstreamConnected, .clientAttached])
         let actions = run.send(.drainTimeout)
         #expect(actions.decided == .shutdown)
-        #expect(actions.client == .abort)
-        #expect(actions.upstream == .abort)
+        #expect(actions.client == .sendClose(code: CloseCode.goingAway, reason: "gateway shutting down"),
+                "the client still gets its close frame before the drop")
+        #expect(actions.upstream == .close(code: CloseCode.goingAway, reason: "gateway shutting down"))
+        #expect(actions.dropBothLegs)
+        #expect(actions.closeTimer == .cancel, "nothing to wait for once dropped")
         run.send(.upstreamEnded)
         guard case .closed(let outcome) = run.send(.clientIOError).ending else {
             Issue.record("no ending")
             return
         }
         #expect(outcome.error == "drain timeout")
+        #expect(outcome.cause == .shutdown)
     }
 
-    @Test func drainTimeoutAfterShutdownKeepsTheShutdownAndAborts() {
+    @Test func drainTimeoutAfterShutdownKeepsTheShutdownAndDrops() {
         var run = Self.run([.upstreamConnected, .clientAttached, .shutdown])
         let actions = run.send(.drainTimeout)
         #expect(actions.decided == nil)
-        #expect(actions.client == .abort)
-        #expect(actions.upstream == .abort, "its close handshake is cut short too")
+        #expect(actions.client == nil)
+        #expect(actions.upstream == nil)
+        #expect(actions.dropBothLegs, "its close handshakes are cut short")
         #expect(run.machine.decision?.error == nil)
+    }
+
+    @Test func framingErrorThenCloseTimerStillCountsAsClean() {
+        // The client got our close frame and then a FIN; we cannot parse its
+        // reply, so the timer closes TCP: its CloseEvent is clean.
+        var run = Self.run([.upstreamConnected, .clientAttached, .clientFramingError, .clientCloseWritten])
+        #expect(run.send(.clientCloseTimer).client == .closeTCP)
+        run.send(.upstreamEnded)
+        guard case .closed(let outcome) = run.send(.clientFIN).ending else {
+            Issue.record("no ending")
+            return
+        }
+        #expect(outcome.wasClean)
     }
 
     @Test func lateAndDuplicateEventsChangeNothing() {

@@ -107,10 +107,14 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     /// The client's 101 went out and its frame handler is in place.
     func clientAttached(_ handler: WebSocketLegHandler) {
         eventLoop.preconditionInEventLoop()
+        let wasAwaiting = machine.client == .awaitingUpgrade
+        let actions = machine.clientAttached()
+        // A client gone before its 101 has already ended the session: keeping
+        // its handler would hold the session ↔ handler cycle forever.
+        guard wasAwaiting else { return }
         client = handler
         lastActivity = .now()
-        let actions = machine.clientAttached()
-        if machine.upgraded { environment.metrics.connectionOpened(route: route.path) }
+        environment.metrics.connectionOpened(route: route.path)
         perform(actions)
     }
 
@@ -235,6 +239,10 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         if let action = actions.client { apply(action) }
         if actions.startRelaying { startRelaying() }
         if let action = actions.upstream { upstream?.apply(action) }
+        if actions.dropBothLegs {
+            upstream?.abort()
+            client?.abortConnection()
+        }
         if let ending = actions.ending { end(ending) }
     }
 

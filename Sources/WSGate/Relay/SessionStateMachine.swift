@@ -124,6 +124,9 @@ struct SessionStateMachine {
         /// The client is upgraded and the upstream connected: deliver frames
         /// the upstream sent early, let the upstream leg start reading.
         var startRelaying = false
+        /// The drain period is over: after the actions above, drop both legs
+        /// (TCP RST to the client, the upstream at once).
+        var dropBothLegs = false
         /// Set once per connection.
         var ending: Ending?
         /// The cause just decided (for a debug log line).
@@ -151,6 +154,9 @@ struct SessionStateMachine {
     private(set) var wasClean = false
     /// The client's frame stream can no longer be parsed (after a framing error).
     private(set) var clientFramingBroken = false
+    /// A close frame to the client has been asked for (ours or the echo); it
+    /// stays true whatever the client leg does next.
+    private(set) var clientCloseFrameSent = false
     /// The close the upstream sent or was sent, for the log.
     private(set) var upstreamCode: UInt16?
     private(set) var upstreamReason: String?
@@ -252,7 +258,7 @@ struct SessionStateMachine {
         if decision == nil {
             return decide(.clientClosed, CloseDetails(peerCode: code, peerReason: reason), error: nil)
         }
-        guard case .closeSent = client else { return .none }
+        guard clientCloseFrameSent, client != .ended else { return .none }
         // The reply to our close: the handshake is complete, and the server
         // side closes the TCP connection (RFC 6455 §7.1.1).
         wasClean = true
@@ -302,7 +308,6 @@ struct SessionStateMachine {
     /// the I/O error that closed it, if any.
     mutating func clientConnectionClosed(error: String?) -> Actions {
         guard client != .ended, !ended else { return .none }
-        let before = client
         client = .ended
         var actions = Actions.none
         actions.closeTimer = .cancel
@@ -322,9 +327,10 @@ struct SessionStateMachine {
             actions.closeTimer = .cancel
             return actions
         }
-        if clientFramingBroken, case .closeSent = before, error == nil {
-            // After a framing error the reply can't be parsed; an orderly FIN
-            // after our close frame is the best evidence of a clean close.
+        if clientFramingBroken, clientCloseFrameSent, error == nil {
+            // After a framing error the reply can't be parsed; an orderly end
+            // of TCP after our close frame is the best evidence of a clean
+            // close (the client did get a close frame, then a FIN).
             wasClean = true
         }
         finishIfBothEnded(&actions)
@@ -391,19 +397,18 @@ struct SessionStateMachine {
         decide(.shutdown, CloseDetails(), error: nil)
     }
 
-    /// The drain period is over: whatever is still open is dropped.
+    /// The drain period is over: the shutdown is decided if it was not yet
+    /// (so the client still gets its close frame first), then whatever is
+    /// still open is dropped.
     mutating func drainTimedOut() -> Actions {
         guard !ended else { return .none }
         var actions = decide(.shutdown, CloseDetails(), error: "drain timeout")
-        if upstream != .ended {
-            upstream = .closing
-            actions.upstream = .abort
-        }
+        if upstream != .ended { upstream = .closing }
         if client != .ended && client != .awaitingUpgrade {
             client = .closingTCP
-            actions.client = .abort
             actions.closeTimer = .cancel
         }
+        actions.dropBothLegs = true
         return actions
     }
 
@@ -436,12 +441,14 @@ struct SessionStateMachine {
         case (.clientClosed, _):
             // Echo the client's close, then close TCP: the handshake is complete.
             client = .echoingClose
+            clientCloseFrameSent = true
             actions.client = .sendClose(code: frameCode, reason: decision.client.reason)
         case (_, .abort):
             client = .closingTCP
             actions.client = .abort
         case (_, .sendCode), (_, .sendEmpty):
             client = .closeSent(halfCloseWhenWritten: clientFramingBroken)
+            clientCloseFrameSent = true
             actions.client = .sendClose(code: frameCode, reason: decision.client.reason)
             actions.closeTimer = .schedule(after: closeHandshake)
         }

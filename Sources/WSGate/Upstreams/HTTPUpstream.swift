@@ -116,7 +116,7 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
         // The batch holds complete, validated, unmasked frames.
         var frames = FrameReader(maxFrameBytes: .max)
         frames.append(batch.bytes)
-        while case .frame(let header, let payload, _) = frames.next() {
+        while !hasEnded, case .frame(let header, let payload, _) = frames.next() {
             if header.opcodeBits != 0 {  // text or binary: a new message
                 messageIsText = header.opcodeBits == 0x1
                 if header.fin {
