@@ -440,9 +440,8 @@ struct SessionStateMachineTests {
 
     @Test("random event sequences end exactly once, with the first cause")
     func randomSequences() {
-        let seed = UInt64.random(in: 1...UInt64.max)
-        print("SessionStateMachineTests.randomSequences seed: \(seed)")
-        var rng = SplitMix64(seed: seed)
+        var rng = SeededRandom(test: "SessionStateMachineTests.randomSequences")
+        let seed = rng.seed
         for _ in 0..<2000 {
             var run = Run(Self.machine(idle: Self.idle))
             let count = Int.random(in: 0...12, using: &rng)
@@ -460,17 +459,4 @@ struct SessionStateMachineTests {
 
 extension SessionStateMachine.Outcome {
     var initiatorIsUpstream: Bool { cause.initiator == .upstream }
-}
-
-/// A small seeded generator, so a failing random sequence can be replayed.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }

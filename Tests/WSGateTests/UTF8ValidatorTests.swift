@@ -24,7 +24,7 @@ struct UTF8ValidatorTests {
     }
 
     @Test func agreesWithTheStandardLibraryOnRandomInput() {
-        var rng = SystemRandomNumberGenerator()
+        var rng = SeededRandom(test: "UTF8ValidatorTests.agreesWithTheStandardLibraryOnRandomInput")
         let pieces: [[UInt8]] = [[0x41], [0xC3, 0xA9], [0xE2, 0x82, 0xAC], [0xF0, 0x9F, 0x98, 0x80], [0x80], [0xC0], [0xED, 0xBF, 0xBF], [0xF4, 0x8F, 0xBF, 0xBF], [0xF8], [0xE0, 0x80]]
         for _ in 0..<3000 {
             var bytes: [UInt8] = []
@@ -33,12 +33,12 @@ struct UTF8ValidatorTests {
                 if Bool.random(using: &rng) { bytes += Array(repeating: 0x61, count: Int.random(in: 0...9, using: &rng)) }
             }
             let expected = String(validating: bytes, as: UTF8.self) != nil
-            #expect(validWhole(bytes) == expected, "\(bytes)")
+            #expect(validWhole(bytes) == expected, "\(bytes) (seed \(rng.seed))")
             // Split anywhere: same verdict.
             let cut = bytes.isEmpty ? 0 : Int.random(in: 0...bytes.count, using: &rng)
             var v = UTF8Validator()
             let ok = v.feed(Array(bytes[..<cut])) && v.feed(Array(bytes[cut...])) && v.isComplete
-            #expect(ok == expected, "\(bytes) cut at \(cut)")
+            #expect(ok == expected, "\(bytes) cut at \(cut) (seed \(rng.seed))")
         }
     }
 
