@@ -23,6 +23,11 @@ struct LogFormatTests {
                         "was_clean", "initiator", "cause", "upstream_code", "upstream_reason", "upstream_status",
                         "error", "duration_ms", "messages_in", "messages_out", "bytes_in", "bytes_out"]
         #expect(Set(object.keys) == Set(expected))
+        // In this order on the line (the parsed object has no order).
+        let positions = expected.map { key in line.range(of: "\"\(key)\":")?.lowerBound }
+        #expect(!positions.contains(nil))
+        let found = positions.compactMap { $0 }
+        #expect(found == found.sorted(), "fields out of order: \(line)")
         #expect(object["code"] as? Int == 1014)
         #expect(object["was_clean"] as? Bool == true)
         #expect(object["upstream_code"] is NSNull)

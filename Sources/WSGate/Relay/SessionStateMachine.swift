@@ -403,6 +403,9 @@ struct SessionStateMachine {
     mutating func drainTimedOut() -> Actions {
         guard !ended else { return .none }
         var actions = decide(.shutdown, CloseDetails(), error: "drain timeout")
+        // Decided earlier (the shutdown close frame went out, unanswered):
+        // the cause stays, and the log's `error` says why the legs were dropped.
+        if decision?.error == nil { decision?.error = "drain timeout" }
         if upstream != .ended { upstream = .closing }
         if client != .ended && client != .awaitingUpgrade {
             client = .closingTCP
