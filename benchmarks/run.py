@@ -26,7 +26,10 @@ Scenarios:
   cap  wsgate holds 9,000 concurrent proxied idle connections
 
 Targets are interleaved rep by rep (each rep runs direct, wsgate, nginx, haproxy
-in turn); figures are the median with min-max over the reps. Proxy CPU is
+in turn); figures are the median with min-max over the reps. A missing nginx
+or HAProxy drops its target with a warning, except in CI (CI=true) or with
+WSGATE_REQUIRE_BENCH_TARGETS=1 (set by .ci/run): there the run goes on and
+then fails, as it always does when scenario e finds no wrk. Proxy CPU is
 utime+stime from /proc/PID/stat summed over all the proxy's processes, as a
 delta over the measured run. Everything binds to 127.0.0.1; every process
 started here is stopped by its PID (SIGTERM, then SIGKILL); every wait is bounded.
@@ -65,6 +68,16 @@ LOAD_SCENARIOS = {
 COLORS = {"direct": "#9e9e9e", "wsgate": "#1f77b4", "wsgate-base": "#9467bd", "nginx": "#2ca02c", "haproxy": "#d62728"}
 BASE = "wsgate-base"  # the target --baseline-bin adds: an older wsgate binary, same config as wsgate
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def targets_required() -> bool:
+    """In CI (or with WSGATE_REQUIRE_BENCH_TARGETS=1) a missing nginx or
+    HAProxy is a failure, not a skipped target."""
+    return truthy("CI") or truthy("WSGATE_REQUIRE_BENCH_TARGETS")
 
 
 def log(msg: str) -> None:
@@ -1029,14 +1042,17 @@ def main() -> int:
         if (base_bin / "wsgate").resolve() == (bin_dir / "wsgate").resolve():
             log(f"note: wsgate-base and wsgate are the same binary ({bin_dir / 'wsgate'}): an A/A run")
 
-    targets, skipped = ["direct", "wsgate"] + ([BASE] if base_bin else []), []
+    targets, skipped, missing_required = ["direct", "wsgate"] + ([BASE] if base_bin else []), [], []
     for tool, pkg in (("nginx", "nginx-light"), ("haproxy", "haproxy")):
         if shutil.which(tool):
             targets.append(tool)
         else:
             msg = f"{tool} not installed (apt-get install {pkg}): target {tool} skipped"
-            log(f"WARNING: {msg}")
             skipped.append(msg)
+            if targets_required():
+                missing_required.append(f"{msg}; required in CI (CI=true or WSGATE_REQUIRE_BENCH_TARGETS=1)")
+            else:
+                log(f"WARNING: {msg}")
     if "e" in scenarios and not shutil.which("wrk"):
         skipped.append("wrk not installed (apt-get install wrk): no ceiling in scenario e")
 
@@ -1057,6 +1073,8 @@ def main() -> int:
         tmp = Path(d)
         bench = Bench(bin_dir, tmp, args.smoke, base_bin)
         runner = Runner(args, bench, targets)
+        for msg in missing_required:
+            runner.problem(msg)
         try:
             bench.start_echo()
             if load := [s for s in scenarios if s in LOAD_SCENARIOS]:

@@ -9,6 +9,22 @@
 * `make_gateway` (function): start extra gateways with their own config.
 
 Every gateway process is stopped by its PID: SIGTERM, bounded wait, SIGKILL.
+Every gateway any test starts (fixtures, `make_gateway`, or a `Gateway(...)`
+made in a test body) gets the same final checks (`Gateway.finish`): exit 0
+after our SIGTERM (or the exit a test declared with `expect_exit`/`kill`),
+only JSON log lines on stdout, and exactly one `websocket_close` line per
+upgraded connection. A gateway nobody finished is finished, and its problems
+reported, by the autouse `_gateway_final_checks` fixture.
+
+Timer budgets: every fixture gateway gets budgets that a loaded machine meets
+(`FIXTURE_TIMEOUTS`). A test about a timeout starts a gateway of its own with a
+short budget, against a peer that never answers within the test, so that the
+timer decides and not the machine's load.
+
+Randomness: test data and masking keys come from `RNG`, seeded per test from
+`WSGATE_TEST_SEED` (a random seed if unset, printed at the end of the run);
+`WSGATE_TEST_SEED=N python3 -m pytest …` replays a run's data.
+
 Nothing here reads /work/shared; the binary is `.build/debug/wsgate` unless
 `WSGATE_BIN` names another one.
 """
@@ -18,12 +34,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
+import re
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,15 +58,43 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("WSGATE_BIN", REPO / ".build" / "debug" / "wsgate"))
 
 STARTUP_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
-LOG_TIMEOUT = 5.0
-TEST_TIMEOUT = 20.0  # upper bound for any single async test body
+STOP_TIMEOUT = 25.0  # SIGTERM to exit: more than the longest drain_timeout_ms (10 s) of any test config
+LOG_TIMEOUT = 10.0
+TEST_TIMEOUT = 30.0  # upper bound for any single async test body
 
-SHORT_TIMEOUTS = {
-    "upstream_connect_ms": 1000,
-    "upstream_handshake_ms": 1000,
-    "close_handshake_ms": 500,
+# Budgets for the gateways of fixtures: long enough that a loaded 2-core
+# machine (Chromium, CPU hogs, a CI build) always meets them, so that no
+# verdict depends on the load. Tests of a timeout path use their own gateway
+# with a short budget and a peer that never answers.
+FIXTURE_TIMEOUTS = {
+    "upstream_connect_ms": 10000,
+    "upstream_handshake_ms": 10000,
+    "http_request_ms": 10000,
+    "close_handshake_ms": 10000,
 }
+SHORT_TIMEOUTS = FIXTURE_TIMEOUTS  # the old name; the budgets are no longer short
+
+
+# --------------------------------------------------------------------------
+# seeded randomness
+
+
+def _seed_from_env() -> int:
+    raw = os.environ.get("WSGATE_TEST_SEED", "").strip()
+    if raw:
+        return int(raw, 0)
+    return random.SystemRandom().randrange(1 << 32)
+
+
+SEED = _seed_from_env()
+# Reseeded before every test from (SEED, the test's node id), so that a test
+# replayed alone gets the same data as in the full run.
+RNG = random.Random(SEED)
+rawws.RNG = RNG
+
+
+def reseed(name: str) -> None:
+    RNG.seed(f"{SEED}:{name}")
 
 
 # --------------------------------------------------------------------------
@@ -104,30 +152,72 @@ def clean_env() -> dict[str, str]:
 # --------------------------------------------------------------------------
 # the gateway process
 
+ALL_GATEWAYS: list["Gateway"] = []  # every gateway started in this process, in order
+
+
+def insecure_client_context() -> ssl.SSLContext:
+    """For connections that only need *a* TLS connection to a gateway's
+    `listen.tls` (the barrier): no verification."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def prometheus_sum(text: str, name: str) -> float:
+    """The sum of every sample of metric `name` (all label sets)."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$", line)
+        if m and m.group(1) == name:
+            total += float(m.group(3))
+    return total
+
 
 class Gateway:
-    def __init__(self, config: dict, tmpdir: Path, name: str = "gw"):
+    """One wsgate process on a temp config. `env` adds environment variables
+    (e.g. the `WSGATE_*` overrides) to a clean environment."""
+
+    def __init__(self, config: dict, tmpdir: Path, name: str = "gw", env: dict[str, str] | None = None):
         if not BIN.exists():
             pytest.fail(f"wsgate binary not found at {BIN} (run `swift build` or set WSGATE_BIN)")
+        self.name = name
         self.config = config
+        self.extra_env = dict(env or {})
         self.config_path = tmpdir / f"{name}.yaml"
         self.config_path.write_text(to_yaml(config) + "\n")
         self.stderr_path = tmpdir / f"{name}.stderr"
+        self.tls = bool(config.get("listen", {}).get("tls"))
+        log_format = self.extra_env.get("WSGATE_LOG_FORMAT") or config.get("log", {}).get("format", "json")
+        self.json_log = log_format == "json"
         self.lines: list[dict] = []
         self.raw_lines: list[str] = []
         self.bad_lines: list[str] = []
         self.cond = threading.Condition()
         self.eof = False
+        # final checks: the exit status expected after our SIGTERM, whether we
+        # sent one, and whether finish() has run
+        self.expected_exit: int = 0
+        self.expected_exit_why = "SIGTERM: graceful drain"
+        self.sigterm_sent = False  # terminate() sent SIGTERM …
+        self.signals_sent = 0      # … this many times
+        self.exit_awaited = False  # the test waited for the exit itself (wait_exit)
+        self.finished = False
+        self.problems: list[str] = []
+        self.returncode: int | None = None
         self._stderr = open(self.stderr_path, "wb")
+        env_ = clean_env()
+        env_.update(self.extra_env)
         self.proc = subprocess.Popen(
             [str(BIN), "--config", str(self.config_path)],
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             stdin=subprocess.DEVNULL,
-            env=clean_env(),
+            env=env_,
             cwd=str(tmpdir),
         )
         self.pid = self.proc.pid
+        ALL_GATEWAYS.append(self)
         # client addr -> index into self.lines when that connection was opened;
         # only lines from there on belong to it (ephemeral ports get reused)
         self.marks: dict[str, int] = {}
@@ -137,13 +227,16 @@ class Gateway:
             listening = self.wait_for(lambda l: l.get("event") == "listening", STARTUP_TIMEOUT)
         except AssertionError:
             self.stop()
+            self.finished = True  # never served: the failure below is the report
             raise AssertionError(
                 f"wsgate did not log `listening` within {STARTUP_TIMEOUT}s; stdout={self.raw_lines!r} "
                 f"stderr={self.stderr_path.read_text(errors='replace')!r}"
             )
         self.port = int(listening["port"])
-        self.returncode: int | None = None
         GATEWAYS_BY_PORT[self.port] = self
+
+    def __repr__(self) -> str:
+        return f"<Gateway {self.name} pid={self.pid} config={self.config_path}>"
 
     # -- log collection
     def _read(self) -> None:
@@ -221,20 +314,29 @@ class Gateway:
     def reject_event(self, addr: str, timeout: float = LOG_TIMEOUT) -> dict:
         return self.wait_event(addr, "websocket_reject", timeout)
 
+    def barrier_path(self) -> str | None:
+        """The first plain `builtin:echo` route (exact path, no `origins`)."""
+        return next((r["path"] for r in self.config["routes"] if r["upstream"] == "builtin:echo"
+                     and "origins" not in r and not r["path"].endswith("*")), None)
+
     def barrier(self) -> None:
         """Open and close one echo connection and wait for its log line, so
-        that lines written before it have had every chance to appear."""
-        path = next((r["path"] for r in self.config["routes"] if r["upstream"] == "builtin:echo"
-                     and "origins" not in r and not r["path"].endswith("*")), None)
-        if path is None or self.proc.poll() is not None:
-            return
+        that lines written before it have had every chance to appear. Fails
+        when it cannot run: a barrier that silently did nothing would turn
+        "no extra line" checks into checks that cannot fail."""
+        path = self.barrier_path()
+        if path is None:
+            raise AssertionError(f"{self}: no plain builtin:echo route for the barrier connection; "
+                                 "give the config one (e.g. /echo)")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self}: the gateway has exited ({self.proc.returncode}): no barrier possible")
 
         async def _b() -> str:
             async with client(self, path) as ws:
                 a = addr_of(ws)
             return a
 
-        a = run(_b(), 10)
+        a = run(_b(), 20)
         self.wait_event(a, "websocket_close", LOG_TIMEOUT)
 
     # -- lifecycle
@@ -242,10 +344,35 @@ class Gateway:
         return self.proc.poll() is None
 
     def terminate(self) -> None:
+        """SIGTERM by PID: the graceful drain; the gateway must then exit 0."""
+        self.send_signal(signal.SIGTERM)
+
+    def send_signal(self, signum: int) -> None:
+        """A signal by PID, recorded for the final checks (SIGTERM and SIGINT
+        both start the graceful drain: exit 0 expected)."""
         if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
+            self.sigterm_sent = True
+            self.signals_sent += 1
+            os.kill(self.pid, signum)
+
+    def kill(self, why: str) -> None:
+        """SIGKILL by PID, deliberately: the final checks then expect death by
+        SIGKILL (and still check the log)."""
+        self.expect_exit(-signal.SIGKILL, why)
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def expect_exit(self, code: int, why: str) -> None:
+        """Declare the exit status this gateway is meant to end with, when it
+        is not 0 after SIGTERM."""
+        self.expected_exit = code
+        self.expected_exit_why = why
 
     def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Wait for an exit the test caused (a signal it sent): the final
+        checks then hold the status to expected_exit (0 unless declared)."""
+        self.exit_awaited = True
         self.returncode = self.proc.wait(timeout=timeout)
         self._reader.join(timeout=5)
         return self.returncode
@@ -254,28 +381,87 @@ class Gateway:
         """SIGTERM by PID, bounded wait, then SIGKILL by PID."""
         if self.proc.poll() is None:
             try:
-                os.kill(self.pid, signal.SIGTERM)
+                self.terminate()
                 self.proc.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 os.kill(self.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
         self._reader.join(timeout=5)
-        self._stderr.close()
+        if not self._stderr.closed:
+            self._stderr.close()
         if self.proc.stdout:
             self.proc.stdout.close()
         self.returncode = self.proc.returncode
         return self.returncode
 
-    def final_checks(self) -> list[str]:
-        """Problems visible only once the process has exited."""
+    def connections_counted(self) -> int | None:
+        """The gateway's own count of upgraded connections (the sum of
+        `wsgate_connections_total` on the admin listener), while it runs."""
+        admin = next((l for l in self.snapshot() if l.get("event") == "admin_listening"), None)
+        if admin is None or not self.alive():
+            return None
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin['port']}/metrics", timeout=10) as r:
+            return int(prometheus_sum(r.read().decode(), "wsgate_connections_total"))
+
+    def finish(self) -> list[str]:
+        """Stops the gateway (if it still runs) and runs the final checks
+        every gateway gets; returns the problems (also kept in .problems).
+        Idempotent."""
+        if self.finished:
+            return self.problems
+        self.finished = True
+        problems: list[str] = []
+        was_alive = self.alive()
+        counted = None
+        if was_alive:
+            try:
+                counted = self.connections_counted()
+            except Exception as exc:
+                problems.append(f"could not read /metrics before stopping: {exc!r}")
+        rc = self.stop()
+        if was_alive or self.sigterm_sent or self.exit_awaited or self.expected_exit != 0:
+            if rc != self.expected_exit:
+                problems.append(f"exit status {rc} ({self.expected_exit_why}: expected {self.expected_exit})")
+        else:
+            problems.append(f"the gateway exited on its own during the test (exit {rc}): no signal from the "
+                            "test, no wait_exit, no expect_exit")
+        if rc == 0 and self.sigterm_sent and self.signals_sent == 1 and self.json_log:
+            for event in ("draining", "stopped"):
+                n = sum(1 for l in self.lines if l.get("event") == event)
+                if n != 1:
+                    problems.append(f"{n} `{event}` lines after SIGTERM and exit 0, expected 1")
+        problems += self.final_checks(counted)
+        self.problems = [f"{self.name} ({self.config_path}): {p}" for p in problems]
+        return self.problems
+
+    def check_finish(self) -> None:
+        """finish(), failing on any problem."""
+        problems = self.finish()
+        assert not problems, "; ".join(problems)
+
+    def final_checks(self, counted: int | None = None) -> list[str]:
+        """Problems visible only once the process has exited. `counted`: the
+        gateway's count of upgraded connections just before it was stopped."""
         problems = []
-        if self.bad_lines:
-            problems.append(f"non-JSON stdout lines: {self.bad_lines[:5]!r}")
+        if self.json_log:
+            if self.bad_lines:
+                problems.append(f"non-JSON stdout lines: {self.bad_lines[:5]!r}")
+            shapeless = [l for l in self.lines if not all(k in l for k in ("ts", "level", "event"))]
+            if shapeless:
+                problems.append(f"log lines without ts/level/event: {shapeless[:3]!r}")
         closes = [l for l in self.lines if l.get("event") == "websocket_close"]
         ids = [l.get("connection_id") for l in closes]
-        dup_ids = {i for i in ids if ids.count(i) > 1}
+        if any(not isinstance(i, str) or not i for i in ids):
+            problems.append("websocket_close line without a connection_id")
+        distinct = {i for i in ids if isinstance(i, str)}
+        dup_ids = sorted(i for i in distinct if ids.count(i) > 1)
         if dup_ids:
-            problems.append(f"connection_id logged more than once: {sorted(dup_ids)}")
+            problems.append(f"connection_id logged more than once: {dup_ids}")
+        if len(distinct) != len(closes):
+            problems.append(f"{len(closes)} websocket_close lines for {len(distinct)} distinct connection ids")
+        if counted is not None and len(distinct) < counted:
+            problems.append(f"the gateway counted {counted} upgraded connections (wsgate_connections_total) "
+                            f"but logged websocket_close for only {len(distinct)}")
         return problems
 
 
@@ -285,17 +471,22 @@ class client:
     environment, no keepalive pings, no compression unless asked) and bounded.
     Registers the connection's local address with the gateway so that its log
     lines can be told apart from those of an earlier connection that used the
-    same ephemeral port."""
+    same ephemeral port. A gateway with `listen.tls` is reached over wss://
+    (unverified unless `ssl=` is given)."""
 
     def __init__(self, gw: Gateway, path: str, **kw):
         kw.setdefault("proxy", None)
         kw.setdefault("compression", None)
         kw.setdefault("ping_interval", None)
-        kw.setdefault("open_timeout", 5)
-        kw.setdefault("close_timeout", 3)
+        kw.setdefault("open_timeout", 10)
+        kw.setdefault("close_timeout", 10)
         kw.setdefault("max_size", 4 * 1024 * 1024)
+        tls = getattr(gw, "tls", False)
+        if tls:
+            kw.setdefault("ssl", insecure_client_context())
         self.gw = gw
-        self.cm = ws_connect_raw(f"ws://127.0.0.1:{gw.port}{path}", **kw)
+        scheme = "wss" if tls else "ws"
+        self.cm = ws_connect_raw(f"{scheme}://127.0.0.1:{gw.port}{path}", **kw)
 
     async def __aenter__(self):
         mark = self.gw.mark()
@@ -417,7 +608,7 @@ class Upstreams:
             pass
         finally:
             try:
-                await asyncio.wait_for(ws.wait_closed(), 5)
+                await asyncio.wait_for(ws.wait_closed(), 10)
             except asyncio.TimeoutError:
                 pass
             rcvd = ws.protocol.close_rcvd
@@ -537,9 +728,12 @@ class Upstreams:
             writer.close()
 
     async def _blackhole(self, reader, writer) -> None:
+        """Accepts TCP and never answers: only the gateway's timer can end
+        the upgrade (the connection stays until the gateway closes it or the
+        session ends)."""
         self.blackhole_conns.append(writer)
         try:
-            while await asyncio.wait_for(reader.read(65536), 30):
+            while await reader.read(65536):
                 pass  # swallow the upgrade request, never answer
             self.blackhole_closed.set()
         except Exception:
@@ -564,7 +758,7 @@ def base_config(up: Upstreams) -> dict:
     return {
         "listen": {"host": "127.0.0.1", "port": 0},
         "admin": {"host": "127.0.0.1", "port": 0},
-        "timeouts": dict(SHORT_TIMEOUTS),
+        "timeouts": dict(FIXTURE_TIMEOUTS),
         "log": {"format": "json", "level": "info"},
         "routes": [
             {"path": "/echo", "upstream": "builtin:echo"},
@@ -589,29 +783,57 @@ def base_config(up: Upstreams) -> dict:
 def gateway(upstreams, tmp_path_factory):
     gw = Gateway(base_config(upstreams), tmp_path_factory.mktemp("gw"), "main")
     yield gw
-    alive = gw.alive()
-    rc = gw.stop()
-    problems = gw.final_checks()
-    if not alive:
-        problems.append(f"the shared gateway died during the session (exit {gw.proc.returncode})")
-    elif rc != 0:
-        problems.append(f"the shared gateway exited {rc} after SIGTERM")
-    assert not problems, "; ".join(problems)
+    gw.check_finish()  # also fails if it died during the session
 
 
 @pytest.fixture
 def make_gateway(upstreams, tmp_path):
-    """Factory: make_gateway(**overrides) starts a gateway whose config is the
-    base config with top-level keys replaced."""
+    """Factory: make_gateway(env=None, **overrides) starts a gateway whose
+    config is the base config with top-level keys replaced (and `env` added
+    to its environment). Each gets the final checks at the test's end."""
     started: list[Gateway] = []
 
-    def _make(**overrides) -> Gateway:
+    def _make(env: dict[str, str] | None = None, **overrides) -> Gateway:
         cfg = base_config(upstreams)
         cfg.update(overrides)
-        gw = Gateway(cfg, tmp_path, f"gw{len(started)}")
+        gw = Gateway(cfg, tmp_path, f"gw{len(started)}", env=env)
         started.append(gw)
         return gw
 
     yield _make
-    for gw in started:
-        gw.stop()
+    problems = [p for gw in started for p in gw.finish()]
+    assert not problems, "; ".join(problems)
+
+
+# --------------------------------------------------------------------------
+# every gateway gets its final checks; every test its seed
+
+
+@pytest.fixture(autouse=True)
+def _gateway_final_checks(request):
+    """Reseeds RNG for the test; afterwards, finishes (and checks) every
+    gateway the test started and stopped itself without the final checks.
+    Gateways still running belong to a wider fixture (or leaked): they are
+    checked when their fixture ends, or at the end of the session."""
+    reseed(request.node.nodeid)
+    before = len(ALL_GATEWAYS)
+    yield
+    ended = [gw for gw in ALL_GATEWAYS[before:] if not gw.finished and not gw.alive()]
+    problems = [p for gw in ended for p in gw.finish()]
+    assert not problems, "; ".join(problems)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _gateways_left_running():
+    yield
+    left = [gw for gw in ALL_GATEWAYS if not gw.finished]
+    problems = [p for gw in left for p in gw.finish()]
+    assert not problems, "gateways finished at the end of the session: " + "; ".join(problems)
+
+
+def pytest_report_header(config):
+    return f"wsgate test seed: {SEED} (replay with WSGATE_TEST_SEED={SEED})"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    terminalreporter.write_line(f"wsgate test seed: {SEED} (replay with WSGATE_TEST_SEED={SEED})")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
+import random
 import socket
 import struct
 import time
@@ -25,7 +25,11 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 
-DEFAULT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = 10.0
+
+# Masking keys and handshake keys: conftest replaces this with its seeded RNG
+# (reseeded per test from WSGATE_TEST_SEED), so that a run can be replayed.
+RNG = random.Random()
 
 # (before(port) -> token, after(port, token, local_addr)): set by conftest to
 # tell the gateway fixture which log lines can belong to a new connection.
@@ -58,7 +62,7 @@ def frame(
         head = struct.pack("!BBQ", b0, mbit | 127, n)
     if not mask:
         return head + payload
-    key = os.urandom(4)
+    key = RNG.randbytes(4)
     return head + key + apply_mask(payload, key)
 
 
@@ -130,7 +134,7 @@ class RawWS:
         )
         sock = writer.get_extra_info("sockname")
         HOOKS[1](port, token, f"{sock[0]}:{sock[1]}")
-        key = base64.b64encode(os.urandom(16)).decode()
+        key = base64.b64encode(RNG.randbytes(16)).decode()
         lines = [
             f"GET {path} HTTP/1.1",
             f"Host: 127.0.0.1:{port}",

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 import rawws
-from conftest import client, addr_of, run
+from conftest import FIXTURE_TIMEOUTS, client, addr_of, run
 
 
 def admin_port(gw) -> int:
@@ -20,10 +20,22 @@ def admin_port(gw) -> int:
 def get(port: int, path: str, method: str = "GET") -> tuple[int, str, dict]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read().decode(), dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(), dict(e.headers)
+
+
+def wait_metrics(port: int, pred, what: str, timeout: float = 10.0) -> str:
+    """Scrape /metrics until pred(text) holds (bounded polling), return the text."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = get(port, "/metrics")[1]
+        if pred(text):
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/metrics never showed {what} within {timeout}s:\n{text}")
+        time.sleep(0.05)
 
 
 def metric(text: str, name: str, **labels) -> float | None:
@@ -65,6 +77,9 @@ def test_metrics_count_connections_messages_and_closes(make_gateway):
     addr, during = run(go())
     assert metric(during, "wsgate_connections_active") == 1
     gw.close_event(addr)
+    # A connection's counters are updated right after its line is written:
+    # wait for the gauge instead of assuming the scrape comes late enough.
+    wait_metrics(port, lambda t: metric(t, "wsgate_connections_active") == 0, "no active connection")
     status, text, headers = get(port, "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
     assert metric(text, "wsgate_connections_active") == 0
@@ -85,12 +100,12 @@ def test_failed_upstream_counted_with_code_and_cause(make_gateway):
     async def go():
         async with client(gw, "/refused") as ws:
             try:
-                await asyncio.wait_for(ws.recv(), 5)
+                await asyncio.wait_for(ws.recv(), 10)
             except Exception:
                 pass
             return addr_of(ws)
     gw.close_event(run(go()))
-    text = get(port, "/metrics")[1]
+    text = wait_metrics(port, lambda t: metric(t, "wsgate_connections_active") == 0, "no active connection")
     assert metric(text, "wsgate_close_events_total", code=1014, cause="upstream_unreachable", route="/refused") == 1
 
 
@@ -103,12 +118,16 @@ def test_labels_never_come_from_clients(make_gateway):
             try:
                 async with client(gw, path) as ws:
                     await ws.send("x")
-                    await asyncio.wait_for(ws.recv(), 5)
+                    await asyncio.wait_for(ws.recv(), 10)
             except Exception:
                 pass
     run(go())
-    time.sleep(0.2)
-    text = get(port, "/metrics")[1]
+    # Wait until both requests are in: the reject is logged, and the prefix
+    # route's connection is counted and closed.
+    gw.wait_for(lambda l: l.get("event") == "websocket_reject" and "evil_label_x" in str(l.get("path")))
+    gw.wait_for(lambda l: l.get("event") == "websocket_close" and l.get("route") == "/chat/*")
+    text = wait_metrics(port, lambda t: metric(t, "wsgate_connections_total", route="/chat/*") == 1
+                        and metric(t, "wsgate_connections_active") == 0, "the /chat/* connection counted and closed")
     for needle in ["evil_label_x", "evil_suffix_y", "evil_query_z"]:
         assert needle not in text
     # The prefix route is labelled with its configured path.
@@ -116,16 +135,16 @@ def test_labels_never_come_from_clients(make_gateway):
 
 
 def test_readyz_is_503_while_draining(make_gateway):
-    gw = make_gateway(timeouts={"upstream_connect_ms": 1000, "upstream_handshake_ms": 1000, "close_handshake_ms": 2000},
-                      shutdown={"drain_timeout_ms": 5000, "close_code": 1001})
+    # The client never answers the gateway's close: the close timer (2 s)
+    # keeps the drain busy, and ends it long before the drain timeout.
+    gw = make_gateway(timeouts={**FIXTURE_TIMEOUTS, "close_handshake_ms": 2000},
+                      shutdown={"drain_timeout_ms": 10000, "close_code": 1001})
     port = admin_port(gw)
 
     async def go():
-        # A client that never answers the gateway's close keeps the drain busy
-        # for close_handshake_ms.
         ws = await rawws.RawWS.connect(gw.port, "/echo")
         gw.terminate()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         seen = None
         while time.monotonic() < deadline:
             try:
@@ -135,7 +154,7 @@ def test_readyz_is_503_while_draining(make_gateway):
             if seen and seen[0] == 503:
                 break
             await asyncio.sleep(0.05)
-        res = await ws.expect_close(timeout=5, reply=False)
+        res = await ws.expect_close(timeout=10, reply=False)
         return seen, res
     seen, res = run(go())
     assert seen is not None and seen[0] == 503 and seen[1] == "draining\n"

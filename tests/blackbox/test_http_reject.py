@@ -78,7 +78,7 @@ def test_allowed_origin_is_accepted(gateway):
     async def main():
         async with client(gateway, "/origin", origin="https://app.example.com") as ws:
             await ws.send("o")
-            return await asyncio.wait_for(ws.recv(), 5)
+            return await asyncio.wait_for(ws.recv(), 10)
 
     assert run(main()) == "o"
 
@@ -88,7 +88,7 @@ def test_reject_does_not_disturb_other_connections(gateway):
         async with client(gateway, "/echo") as ws:
             await rawws.http_request(gateway.port, rawws.upgrade_request(gateway.port, "/nope"))
             await ws.send("still here")
-            return await asyncio.wait_for(ws.recv(), 5)
+            return await asyncio.wait_for(ws.recv(), 10)
 
     assert run(main()) == "still here"
 

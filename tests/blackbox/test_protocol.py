@@ -26,7 +26,7 @@ async def violate(gw, frames: list[bytes], *, path="/echo", warmup=False):
         await ws.drain(10)
     except (ConnectionResetError, BrokenPipeError):
         pass  # the gateway may stop reading once it has seen the violation
-    res = await ws.expect_close(timeout=5)
+    res = await ws.expect_close(timeout=10)
     ws.close_tcp()  # an orderly FIN, as a browser would after the close handshake
     return ws.local_addr, res
 
@@ -264,7 +264,7 @@ def test_frames_however_tcp_splits_them(gateway, path, delivery):
             got.append((opcode, data))
             controls += seen
         await ws.send_frame(OP_CLOSE, struct.pack("!H", 1000))
-        res = await ws.expect_close(timeout=5, reply=False)
+        res = await ws.expect_close(timeout=10, reply=False)
         ws.close_tcp()
         return ws.local_addr, got, controls, res
 
@@ -285,21 +285,20 @@ def test_frames_sent_with_the_upgrade_request(gateway, path):
     not lost: NIO holds them during the upgrade and hands them to the leg."""
     import asyncio
     import base64
-    import os
 
     async def main():
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-        key = base64.b64encode(os.urandom(16)).decode()
+        key = base64.b64encode(rawws.RNG.randbytes(16)).decode()
         request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
         writer.write(request + frame(OP_TEXT, b"early") + frame(OP_BINARY, b"\x01\x02"))
         await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 101"), head
         ws = rawws.RawWS(reader, writer, head.decode("latin-1"))
         got = [(await ws.read_message())[:2] for _ in range(2)]
         await ws.send_frame(OP_CLOSE, struct.pack("!H", 1000))
-        res = await ws.expect_close(timeout=5, reply=False)
+        res = await ws.expect_close(timeout=10, reply=False)
         ws.close_tcp()
         return got, res
 
@@ -317,7 +316,7 @@ def test_echo_keeps_data_before_a_later_pong(gateway):
         await ws.drain()
         got = [await ws.read_frame() for _ in range(3)]
         await ws.send_frame(OP_CLOSE, struct.pack("!H", 1000))
-        await ws.expect_close(timeout=5, reply=False)
+        await ws.expect_close(timeout=10, reply=False)
         ws.close_tcp()
         return [(f.opcode, f.payload) for f in got]
 

@@ -11,15 +11,15 @@ import subprocess
 import threading
 
 import pytest
+import websockets
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import serve as ws_serve
 
-from conftest import BIN, Gateway, addr_of, clean_env, run
+from conftest import BIN, FIXTURE_TIMEOUTS, Gateway, addr_of, clean_env, client, run
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
@@ -120,7 +120,7 @@ def tgw(pki, tls_upstreams, tmp_path_factory):
     cfg = {
         "listen": {"host": "127.0.0.1", "port": 0, "tls": {"certificate": pki["cert"], "private_key": pki["key"]}},
         "admin": {"host": "127.0.0.1", "port": 0},
-        "timeouts": {"upstream_connect_ms": 1000, "upstream_handshake_ms": 1000, "close_handshake_ms": 500},
+        "timeouts": dict(FIXTURE_TIMEOUTS),
         "routes": [
             {"path": "/echo", "upstream": "builtin:echo"},
             {"path": "/wss-ok", "upstream": f"wss://localhost:{w}/", "tls": {"ca_file": pki["ca"]}},
@@ -139,7 +139,7 @@ def tgw(pki, tls_upstreams, tmp_path_factory):
     }
     gw = Gateway(cfg, tmp_path_factory.mktemp("tgw"), "tls")
     yield gw
-    assert gw.stop() == 0
+    gw.check_finish()
 
 
 def client_ctx(pki):
@@ -148,20 +148,22 @@ def client_ctx(pki):
 
 
 async def echo_once(gw, pki, path, message="hello"):
-    async with ws_connect(f"wss://localhost:{gw.port}{path}", ssl=client_ctx(pki), proxy=None,
-                          open_timeout=5, close_timeout=3) as ws:
+    # to 127.0.0.1, verifying the certificate's name `localhost`
+    async with client(gw, path, ssl=client_ctx(pki), server_hostname="localhost") as ws:
         addr = addr_of(ws)
         try:
             await ws.send(message)
-            reply = await asyncio.wait_for(ws.recv(), 5)
-        except Exception:  # closed by the gateway (a failed upstream)
+            reply = await asyncio.wait_for(ws.recv(), 20)
+        except websockets.ConnectionClosed:  # closed by the gateway (a failed upstream)
             reply = None
     rcvd = ws.protocol.close_rcvd
     return addr, reply, rcvd
 
 
 def close_line(gw, addr):
-    return gw.wait_for(lambda l: l.get("event") == "websocket_close" and l.get("client_addr") == addr)
+    """The connection's websocket_close line, asserted to be its only one
+    (after a barrier connection, over wss://, has been logged too)."""
+    return gw.close_event(addr)
 
 
 def test_wss_client_echo(tgw, pki):
@@ -177,7 +179,7 @@ def test_plain_client_on_tls_listener_is_rejected(tgw):
         reader, writer = await asyncio.open_connection("127.0.0.1", tgw.port)
         writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
         await writer.drain()
-        data = await asyncio.wait_for(reader.read(100), 5)
+        data = await asyncio.wait_for(reader.read(100), 10)
         writer.close()
         return data
     data = run(go())
@@ -226,7 +228,7 @@ routes:
 """)
     p = subprocess.run([str(BIN), "check-config", "--config", str(bad)], capture_output=True, text=True,
                        timeout=30, env=clean_env())
-    assert p.returncode == 1
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
     out = p.stdout + p.stderr
     assert "listen.tls.certificate:" in out
     assert "routes[0].tls: only applies to wss:// and https:// upstreams" in out

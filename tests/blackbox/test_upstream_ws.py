@@ -10,7 +10,7 @@ import time
 import pytest
 import websockets
 
-from conftest import FORGED_REASON, SECRET, addr_of, client, run
+from conftest import FIXTURE_TIMEOUTS, FORGED_REASON, SECRET, addr_of, client, run
 
 
 def headers_of(info) -> dict[str, list[str]]:
@@ -24,9 +24,9 @@ async def inspect(gw, path, **kw):
     """Connect through the /chat/* route to the inspect upstream and return
     (what the upstream saw, the client's subprotocol, client addr)."""
     async with client(gw, path, **kw) as ws:
-        info = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        info = json.loads(await asyncio.wait_for(ws.recv(), 10))
         await ws.send("still relaying")
-        assert await asyncio.wait_for(ws.recv(), 5) == "still relaying"
+        assert await asyncio.wait_for(ws.recv(), 10) == "still relaying"
         return info, ws.subprotocol, addr_of(ws)
 
 
@@ -96,9 +96,9 @@ def test_upstream_close_4000_bye_is_relayed(gateway):
     async def main():
         async with client(gateway, "/bye") as ws:
             await ws.send("hello")
-            echoed = await asyncio.wait_for(ws.recv(), 5)
+            echoed = await asyncio.wait_for(ws.recv(), 10)
             with pytest.raises(websockets.ConnectionClosed) as ei:
-                await asyncio.wait_for(ws.recv(), 5)
+                await asyncio.wait_for(ws.recv(), 10)
             return addr_of(ws), echoed, ei.value
 
     addr, echoed, exc = run(main())
@@ -117,9 +117,9 @@ def test_upstream_close_without_code_gives_empty_close_frame(gateway):
     async def main():
         async with client(gateway, "/nocode") as ws:
             await ws.send("hello")
-            await asyncio.wait_for(ws.recv(), 5)
+            await asyncio.wait_for(ws.recv(), 10)
             with pytest.raises(websockets.ConnectionClosed) as ei:
-                await asyncio.wait_for(ws.recv(), 5)
+                await asyncio.wait_for(ws.recv(), 10)
             return addr_of(ws), ei.value
 
     addr, exc = run(main())
@@ -136,7 +136,7 @@ def test_upstream_close_reason_cannot_forge_log_lines(gateway):
     async def main():
         async with client(gateway, "/forge") as ws:
             with pytest.raises(websockets.ConnectionClosed) as ei:
-                await asyncio.wait_for(ws.recv(), 5)
+                await asyncio.wait_for(ws.recv(), 10)
             return addr_of(ws), ei.value
 
     addr, exc = run(main())
@@ -153,7 +153,7 @@ def test_upstream_close_reason_cannot_forge_log_lines(gateway):
 # ---------------------------------------------------------------- failures
 
 
-async def expect_close_after_connect(gw, path, send=None, recv_timeout=5):
+async def expect_close_after_connect(gw, path, send=None, recv_timeout=10):
     async with client(gw, path) as ws:
         if send is not None:
             await ws.send(send)
@@ -207,10 +207,14 @@ def test_upstream_reset_after_first_message(gateway, upstreams):
     assert (ev["messages_in"], ev["bytes_in"], ev["messages_out"]) == (1, 5, 0)
 
 
-def test_upstream_never_answers_upgrade_times_out(gateway, upstreams):
-    handshake_ms = gateway.config["timeouts"]["upstream_handshake_ms"]
+def test_upstream_never_answers_upgrade_times_out(make_gateway, upstreams):
+    """A gateway of its own with a short upgrade budget; the upstream accepts
+    TCP and never answers, so the timer decides (every other budget stays
+    generous: the client's close reply must not race a short close timer)."""
+    handshake_ms = 1000
+    gateway = make_gateway(timeouts={**FIXTURE_TIMEOUTS, "upstream_handshake_ms": handshake_ms})
     t0 = time.monotonic()
-    addr, exc, _ = run(expect_close_after_connect(gateway, "/blackhole", recv_timeout=10))
+    addr, exc, _ = run(expect_close_after_connect(gateway, "/blackhole", recv_timeout=15))
     elapsed = time.monotonic() - t0
     assert exc.rcvd is not None, "client must get a close frame"
     assert exc.rcvd.code == 1014
@@ -254,9 +258,9 @@ def test_upstream_frames_reach_the_client_with_minimal_lengths(gateway):
     async def main():
         ws = await rawws.RawWS.connect(gateway.port, "/longlengths")
         await ws.send_frame(rawws.OP_TEXT, b"hello")
-        raw = await asyncio.wait_for(ws.reader.readexactly(14), 5)
+        raw = await asyncio.wait_for(ws.reader.readexactly(14), 10)
         await ws.send_frame(rawws.OP_CLOSE, struct.pack("!H", 1000))
-        res = await ws.expect_close(timeout=5, reply=False)
+        res = await ws.expect_close(timeout=10, reply=False)
         ws.close_tcp()
         return ws.local_addr, raw, res
 
