@@ -161,13 +161,26 @@ struct SessionStateMachineTests {
         #expect(actions.decided == .clientClosed)
         #expect(actions.client == .sendClose(code: 4001, reason: "bye"))
         #expect(actions.upstream == .close(code: 4001, reason: "bye"))
-        #expect(actions.closeTimer == nil, "the echo completes the handshake: nothing to wait for")
+        #expect(actions.closeTimer == .schedule(after: Self.closeWait), "even the echo's write is bounded")
         #expect(run.send(.clientCloseWritten).client == .closeTCP)
         run.send(.clientFIN)
         let last = run.send(.upstreamEnded)
         #expect(last.ending == .closed(.init(
             cause: .clientClosed, code: 4001, reason: "bye", wasClean: true, upstreamCode: nil, upstreamReason: nil,
             upstreamStatus: nil, error: nil)))
+    }
+
+    @Test func echoThatCannotBeWrittenInTimeIsCutOffUnclean() {
+        // The client sent its close but reads nothing: the echo never leaves.
+        var run = Self.run([.upstreamConnected, .clientAttached, .clientClose])
+        #expect(run.send(.clientCloseTimer).client == .closeTCP)
+        run.send(.upstreamEnded)
+        guard case .closed(let outcome) = run.send(.clientIOError).ending else {
+            Issue.record("no ending")
+            return
+        }
+        #expect(outcome.cause == .clientClosed)
+        #expect(!outcome.wasClean)
     }
 
     @Test func emptyClientCloseIsEchoedEmpty() {

@@ -133,6 +133,28 @@ struct WebSocketLegHandlerTests {
         #expect(leg.reads.reads == 1, "and only once")
     }
 
+    @Test("a ping flood from a peer that does not read costs one pending pong, and reading stops",
+          arguments: [WebSocketLegHandler.Role.server(relayAs: .plainFrames), .client])
+    func pingFloodIsBounded(role: WebSocketLegHandler.Role) throws {
+        let leg = try Leg(role)
+        let mask: (WireFrame) -> WireFrame = { if case .server = role { $0.masked() } else { $0 } }
+        leg.channel.isWritable = false
+        leg.channel.pipeline.fireChannelWritabilityChanged()
+        try leg.peerSends((1...500).map { mask(WireFrame.ping("p\($0)")) })
+        #expect(try leg.written().isEmpty, "no pong queued while the peer does not read")
+        leg.channel.read()
+        #expect(leg.reads.reads == 0, "reading stops while a pong is pending")
+        leg.handler.resumeReading()
+        #expect(leg.reads.reads == 0, "the other leg cannot resume it either")
+        leg.channel.isWritable = true
+        leg.channel.pipeline.fireChannelWritabilityChanged()
+        let pongs = try leg.written()
+        #expect(pongs.count == 1, "only the latest ping is answered")
+        #expect(pongs.first?.opcode == 0xA)
+        #expect(pongs.first?.payload == Array("p500".utf8))
+        #expect(leg.reads.reads == 1, "reading resumes with the pong out")
+    }
+
     @Test func framesSplitAcrossReadsAreRelayedWhole() throws {
         let leg = try Leg(.server(relayAs: .plainFrames))
         let bytes = WireFrame.text("split across reads").masked().bytes

@@ -1,3 +1,4 @@
+import WSGateProtocol
 import WSGatePolicy
 import CoreMetrics
 
@@ -59,17 +60,30 @@ final class GatewayMetrics: Sendable {
 
     func connectionClosed(_ event: CloseEvent) {
         connectionsActive.decrement()
-        let key = "\(event.code)|\(event.cause.rawValue)|\(event.route)"
+        let code = Self.codeLabel(event)
+        let key = "\(code)|\(event.cause.rawValue)|\(event.route)"
         let counter = closeEvents.withLockedValue { counters -> CoreMetrics.Counter in
             if let c = counters[key] { return c }
             let c = CoreMetrics.Counter(
                 label: "wsgate_close_events_total",
-                dimensions: [("code", String(event.code)), ("cause", event.cause.rawValue), ("route", event.route)],
+                dimensions: [("code", code), ("cause", event.cause.rawValue), ("route", event.route)],
                 factory: factory)
             counters[key] = c
             return c
         }
         counter.increment()
+    }
+
+    /// The `code` label of `wsgate_close_events_total`. Codes the gateway
+    /// chooses are few and kept exact. A code a peer chose (`client_closed`,
+    /// `upstream_closed`) in the application ranges 3000–4999 is bucketed as
+    /// `3xxx` or `4xxx`: otherwise every client could add up to 2,000 series
+    /// per route to what Prometheus stores.
+    static func codeLabel(_ event: CloseEvent) -> String {
+        guard event.cause == .clientClosed || event.cause == .upstreamClosed else { return String(event.code) }
+        if CloseCode.registeredRange.contains(event.code) { return "3xxx" }
+        if CloseCode.privateRange.contains(event.code) { return "4xxx" }
+        return String(event.code)
     }
 
     /// The Prometheus text exposition of every metric.

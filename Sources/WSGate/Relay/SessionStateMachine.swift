@@ -295,9 +295,13 @@ struct SessionStateMachine {
         return actions
     }
 
-    /// The client did not answer our close frame within `close_handshake_ms`.
+    /// The client did not answer our close frame within `close_handshake_ms`
+    /// (or our echo of its close could not be written in that time).
     mutating func clientCloseTimerFired() -> Actions {
-        guard case .closeSent = client else { return .none }
+        switch client {
+        case .closeSent, .echoingClose: break
+        default: return .none
+        }
         client = .closingTCP
         var actions = Actions.none
         actions.client = .closeTCP
@@ -446,6 +450,9 @@ struct SessionStateMachine {
             client = .echoingClose
             clientCloseFrameSent = true
             actions.client = .sendClose(code: frameCode, reason: decision.client.reason)
+            // A client that stopped reading may never let the echo be
+            // written: the close timer bounds that wait too.
+            actions.closeTimer = .schedule(after: closeHandshake)
         case (_, .abort):
             client = .closingTCP
             actions.client = .abort

@@ -50,6 +50,11 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private(set) var closeFrameSent = false
     /// The peer's stream ended for us (its close frame, or one we cannot parse past).
     private var inputDone = false
+    /// The payload of the latest ping not answered yet because the peer is not
+    /// reading (our channel is not writable). Only the latest is answered
+    /// (RFC 6455 §5.5.3), and reading stops until it is: a ping flood costs
+    /// one pending pong, not a queue.
+    private var pendingPong: ByteBuffer?
 
     init(role: Role, delegate: WebSocketLegDelegate, maxMessageBytes: Int) {
         self.role = role
@@ -104,7 +109,7 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     guard !closeFrameSent else { continue }
                     // Echoed data before this ping goes out before its pong.
                     batch.send(to: delegate)
-                    writePong(payload, context: context)
+                    answerPing(payload, context: context)
                     delegate.legActivity()
                 case .success(.pong):
                     delegate.legActivity()
@@ -154,7 +159,7 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 case .success(.ping(let payload)):
                     run.send(from: source, to: delegate)
                     guard !closeFrameSent else { continue }
-                    writePong(payload, context: context)
+                    answerPing(payload, context: context)
                 case .success(.pong):
                     run.send(from: source, to: delegate)
                 case .success(.close(let code, let reason)):
@@ -180,6 +185,13 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let pong = pendingPong {
+            pendingPong = nil
+            writePong(pong, context: context)
+            needsFlush = false
+            context.flush()
+            if readHeld && delegate.legMayRead { resumeReading() }
+        }
         delegate.legWritabilityChanged(context.channel.isWritable)
         context.fireChannelWritabilityChanged()
     }
@@ -193,7 +205,7 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Outbound
 
     func read(context: ChannelHandlerContext) {
-        if delegate.legMayRead {
+        if pendingPong == nil && delegate.legMayRead {
             context.read()
         } else {
             readHeld = true
@@ -215,7 +227,7 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func resumeReading() {
-        guard readHeld, let context else { return }
+        guard readHeld, pendingPong == nil, let context else { return }
         readHeld = false
         context.read()
     }
@@ -229,6 +241,7 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         closeFrameSent = true
+        pendingPong = nil  // nothing but the close goes out after it
         let reason = CloseReason.truncate(reason)
         var payload = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         if let code {
@@ -274,6 +287,16 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     // MARK: Control frames
+
+    /// Pongs go out at once while the peer reads; otherwise the latest ping
+    /// waits for writability (and reading stops until then).
+    private func answerPing(_ payload: ByteBuffer, context: ChannelHandlerContext) {
+        if context.channel.isWritable && pendingPong == nil {
+            writePong(payload, context: context)
+        } else {
+            pendingPong = payload
+        }
+    }
 
     private func writePong(_ payload: ByteBuffer, context: ChannelHandlerContext) {
         context.write(wrapOutboundOut(serializeControl(.pong, payload: payload, context: context)), promise: nil)

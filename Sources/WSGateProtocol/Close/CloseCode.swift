@@ -28,10 +28,16 @@ public enum CloseCode {
     /// 1014: the upstream failed (Bad Gateway).
     public static let badGateway: UInt16 = 1014
 
+    /// 3000–3999: registered with IANA for libraries, frameworks and applications.
+    public static let registeredRange: ClosedRange<UInt16> = 3000...3999
+    /// 4000–4999: private use, chosen by the application.
+    public static let privateRange: ClosedRange<UInt16> = 4000...4999
+
     /// Codes that may appear in a received close frame (RFC 6455 §7.4 plus
     /// the IANA-registered 1012–1014, which some libraries wrongly reject).
     public static func isValidReceived(_ code: UInt16) -> Bool {
-        (normal...1003).contains(code) || (invalidPayload...badGateway).contains(code) || (3000...4999).contains(code)
+        (normal...1003).contains(code) || (invalidPayload...badGateway).contains(code)
+            || registeredRange.contains(code) || privateRange.contains(code)
     }
 
     /// Codes a `close_codes` override may name: those a client may receive

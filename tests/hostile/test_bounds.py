@@ -1,0 +1,210 @@
+"""One client must not cost more than a bounded amount of memory or time.
+
+Each test attacks one bound from outside with a raw socket and measures the
+gateway process itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+import threading
+import time
+import urllib.request
+
+import pytest
+from websockets.asyncio.server import serve as ws_serve
+
+from blackbox_conftest import base_config, client, run, prometheus_sum, addr_of
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def masked(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    key = os.urandom(4)
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n <= 0xFFFF:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def raw_upgrade(port: int, path: str, rcvbuf: int | None = None) -> socket.socket:
+    """A client socket past its 101 (asserted), which reads nothing more."""
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        assert chunk, f"closed during the handshake: {head!r}"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+def send_until_blocked(s: socket.socket, data: bytes, seconds: float) -> int:
+    """Sends `data` repeatedly without ever reading, until the kernel stops
+    taking it (the gateway stopped reading) or `seconds` pass; bytes sent."""
+    s.setblocking(False)
+    sent, stalled_since = 0, None
+    deadline = time.monotonic() + seconds
+    view = memoryview(data)
+    offset = 0
+    while time.monotonic() < deadline:
+        try:
+            n = s.send(view[offset:])
+            sent += n
+            offset = (offset + n) % len(data)
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 1.0:
+                break  # the gateway has stopped reading us for a second: the bound holds
+            time.sleep(0.01)
+    return sent
+
+
+def metrics_text(gw) -> str:
+    admin = gw.wait_for(lambda l: l.get("event") == "admin_listening")
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin['port']}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def echo_works(gw) -> None:
+    """Another client on the same gateway is still answered."""
+    async def main():
+        async with client(gw, "/echo") as ws:
+            await ws.send("still served")
+            assert await asyncio.wait_for(ws.recv(), 10) == "still served"
+    run(main())
+
+
+def test_ping_flood_from_a_client_that_never_reads_is_bounded(make_gateway):
+    """A ping flood, never reading: at most one pong is pending per
+    connection and the gateway stops reading the client while it is, so its
+    memory stays put (the build before grew by about 600 MiB in these 8 s)
+    and other clients are served. What the kernel's socket buffers absorb
+    is not the gateway's RSS."""
+    gw = make_gateway()
+    # A ws:// route: its upstream stays writable (pings are not relayed), so
+    # only the pending-pong bound can stop the gateway reading the flood.
+    s = raw_upgrade(gw.port, "/up/echo", rcvbuf=4096)
+    base = rss_kib(gw.pid)
+    pings = masked(0x9, b"p") * 1000
+    sent = send_until_blocked(s, pings, seconds=8)
+    grown = rss_kib(gw.pid) - base
+    assert sent > 64 * 1024, f"the flood did not get going ({sent} bytes)"
+    assert grown < 24 * 1024, f"RSS grew by {grown} KiB for {sent} bytes of pings ({sent // len(masked(0x9, b'p'))} pings)"
+    echo_works(gw)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()  # RST: client_gone
+
+
+class StreamingUpstream:
+    """A `websockets` server that sends 64 KiB messages for as long as the
+    connection is open: a peer that never lets the gateway's writes to a
+    non-reading client drain."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        async def _start():
+            return await ws_serve(self._stream, "127.0.0.1", 0, ping_interval=None, max_size=None)
+        self.server = asyncio.run_coroutine_threadsafe(_start(), self.loop).result(10)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _stream(self, ws) -> None:
+        chunk = b"x" * 65536
+        try:
+            while True:
+                await ws.send(chunk)
+        except Exception:
+            pass
+
+    def stop(self) -> None:
+        async def _stop():
+            self.server.close()
+            await asyncio.wait_for(self.server.wait_closed(), 5)
+        try:
+            asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+
+def test_close_echo_to_a_client_that_never_reads_is_bounded(make_gateway, upstreams):
+    """The upstream streams, the client stops reading and sends a close: the
+    echo of its close can never be written. `close_handshake_ms` bounds that
+    wait: the connection ends (one line, not clean) and stops counting as
+    active. Before, it stayed open with no close line for as long as the
+    client did."""
+    up = StreamingUpstream()
+    try:
+        routes = base_config(upstreams)["routes"] + [{"path": "/stream", "upstream": f"ws://127.0.0.1:{up.port}/"}]
+        timeouts = dict(base_config(upstreams)["timeouts"], close_handshake_ms=1000)
+        gw = make_gateway(routes=routes, timeouts=timeouts)
+        s = raw_upgrade(gw.port, "/stream", rcvbuf=4096)
+        addr = "%s:%d" % s.getsockname()[:2]
+        gw.note_open(addr, 0)
+        # The gateway's writes to us back up (we read nothing), then our close goes out.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and prometheus_sum(metrics_text(gw), "wsgate_connections_active") < 1:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the traffic pattern: let the stream fill both socket buffers
+        s.sendall(masked(0x8, struct.pack("!H", 1000)))
+        line = gw.wait_event(addr, "websocket_close", timeout=20)
+        assert line["cause"] == "client_closed"
+        assert line["code"] == 1000
+        assert line["was_clean"] is False, "the echo was never written"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and prometheus_sum(metrics_text(gw), "wsgate_connections_active") > 0:
+            time.sleep(0.05)
+        assert prometheus_sum(metrics_text(gw), "wsgate_connections_active") == 0
+        s.close()
+    finally:
+        up.stop()
+
+
+def test_client_chosen_close_codes_do_not_multiply_metric_series(make_gateway):
+    """200 clients closing with codes 3000-3199 (and 4000-4199): the close
+    metric keeps one bucketed series per range, not one per code."""
+    gw = make_gateway()
+
+    async def one(code: int) -> None:
+        async with client(gw, "/echo") as ws:
+            await ws.close(code=code, reason="bye")
+
+    async def main():
+        for start in range(0, 200, 20):
+            await asyncio.gather(*(one(3000 + i) for i in range(start, start + 20)))
+            await asyncio.gather(*(one(4000 + i) for i in range(start, start + 20)))
+
+    run(main(), 60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and prometheus_sum(metrics_text(gw), "wsgate_close_events_total") < 400:
+        time.sleep(0.05)
+    series = [l for l in metrics_text(gw).splitlines()
+              if l.startswith("wsgate_close_events_total{") and 'cause="client_closed"' in l]
+    codes = sorted({l.split('code="')[1].split('"')[0] for l in series})
+    assert codes == ["3xxx", "4xxx"], series
+    assert prometheus_sum(metrics_text(gw), "wsgate_close_events_total") >= 400
