@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 from websockets.asyncio.server import serve as ws_serve
 
-from blackbox_conftest import base_config, client, run, prometheus_sum, addr_of
+from blackbox_conftest import FIXTURE_TIMEOUTS, addr_of, base_config, client, prometheus_sum, run
 
 
 def rss_kib(pid: int) -> int:
@@ -208,3 +208,81 @@ def test_client_chosen_close_codes_do_not_multiply_metric_series(make_gateway):
     codes = sorted({l.split('code="')[1].split('"')[0] for l in series})
     assert codes == ["3xxx", "4xxx"], series
     assert prometheus_sum(metrics_text(gw), "wsgate_close_events_total") >= 400
+
+
+# --------------------------------------------------------------------------
+# paths that try to leave their route
+
+
+@pytest.mark.parametrize("path", ["/chat/../admin", "/chat/%2e%2e/admin", "/chat/%2E%2E/admin",
+                                  "/chat/x/../../admin", "/../chat/x"])
+def test_dot_segments_cannot_leave_the_route(gateway, path):
+    """RFC 3986 §5.2.4 with percent-encoded dots: a path that matched its
+    route only before its dot segments are resolved gets 400 and a reject
+    line; nothing is dialled."""
+    import rawws
+    res = run(rawws.http_request(gateway.port, rawws.upgrade_request(gateway.port, path)))
+    assert res.status == 400, (path, res.status, res.body)
+    line = gateway.reject_event(res.local_addr)
+    assert line["status"] == 400
+
+
+def test_dot_segments_within_the_route_reach_the_upstream_resolved(gateway, upstreams):
+    async def main():
+        async with client(gateway, "/chat/a/../inspect-dots?x=1") as ws:
+            await ws.send("info")
+            import json
+            info = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            return info, addr_of(ws)
+    info, addr = run(main())
+    assert info["path"] == "/chat/inspect-dots?x=1"
+    gateway.close_event(addr)
+
+
+# --------------------------------------------------------------------------
+# the drain
+
+
+def test_handshake_completed_during_the_drain_gets_the_shutdown_code(make_gateway):
+    """A connection accepted before SIGTERM that finishes its upgrade
+    request during the drain is part of the drain: 101, then the shutdown
+    close code at once (it was relayed like any other before)."""
+    import rawws
+    gw = make_gateway(timeouts=dict(FIXTURE_TIMEOUTS, close_handshake_ms=3000),
+                      shutdown={"drain_timeout_ms": 10000, "close_code": 1001})
+
+    async def main():
+        # Keeps the drain busy: it never answers the gateway's close.
+        holder = await rawws.RawWS.connect(gw.port, "/echo")
+        fds = len(os.listdir(f"/proc/{gw.pid}/fd"))
+        late = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        # Accepted by the gateway (one more fd), not just queued by the kernel:
+        # connections still in the accept queue are reset when the listener closes.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(os.listdir(f"/proc/{gw.pid}/fd")) <= fds:
+            await asyncio.sleep(0.01)
+        key = base64.b64encode(os.urandom(16)).decode()
+        late.sendall(f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\n".encode())
+        gw.terminate()
+        await asyncio.to_thread(gw.wait_for, lambda l: l.get("event") == "draining", 10)
+        late.sendall(b"Sec-WebSocket-Version: 13\r\n\r\n")
+        data = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (b"\r\n\r\n" in data and len(data.split(b"\r\n\r\n", 1)[1]) >= 4):
+            chunk = await asyncio.to_thread(late.recv, 4096)
+            if not chunk:
+                break
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        await holder.expect_close(timeout=10, reply=False)
+        late.close()
+        return head, rest
+
+    head, rest = run(main())
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert rest[0] == 0x88, f"expected a close frame right after the 101, got {rest[:8]!r}"
+    assert struct.unpack("!H", rest[2:4])[0] == 1001
+    assert gw.wait_exit(20) == 0
+    shutdown_lines = [l for l in gw.snapshot() if l.get("event") == "websocket_close" and l.get("cause") == "shutdown"]
+    assert len(shutdown_lines) == 2, shutdown_lines

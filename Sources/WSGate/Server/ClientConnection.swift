@@ -53,6 +53,15 @@ final class ClientConnection: @unchecked Sendable {
             session.startRefused(.overloaded)
             return eventLoop.makeSucceededFuture(HTTPHeaders())
         }
+        // Registered before the drain check: a drain starting now either
+        // finds this session in the registry or is seen by the check.
+        gateway.registry.add(session)
+        if gateway.isDraining {
+            // Accepted before the drain, upgraded after it began: it is part
+            // of the drain, and learns so at once (101, then the shutdown code).
+            session.startRefused(.shutdown)
+            return eventLoop.makeSucceededFuture(HTTPHeaders())
+        }
         let upstream: UpstreamLeg
         do {
             upstream = try UpstreamFactory(resources: gateway.upstreams).make(

@@ -22,8 +22,16 @@ enum HandshakeCheck {
     }
 
     static func evaluate(_ head: HTTPRequestHead, routes: RouteTable) -> Verdict {
-        guard let match = routes.match(requestTarget: head.uri) else {
+        let match: RouteMatch
+        switch routes.lookup(requestTarget: head.uri) {
+        case .matched(let found):
+            match = found
+        case .noRoute:
             return .reject(.init(status: .notFound, reason: "no route for this path"))
+        case .leavesRoute(let route):
+            return .reject(.init(status: .badRequest, reason: "path leaves its route once dot segments are resolved", route: route.path))
+        case .invalidPath:
+            return .reject(.init(status: .badRequest, reason: "path climbs above the root"))
         }
         let route = match.route.path
         let upgrade = head.headers[canonicalForm: "upgrade"].map { $0.lowercased() }

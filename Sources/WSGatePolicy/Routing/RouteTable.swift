@@ -7,6 +7,18 @@ public struct RouteMatch: Sendable {
     public var upstreamURL: URLParts?
 }
 
+/// What routing a request target found.
+public enum RouteLookup: Sendable {
+    case matched(RouteMatch)
+    /// No route's pattern matches the (normalised) path.
+    case noRoute
+    /// The path as sent matches `route`, but once its dot segments are
+    /// resolved it no longer does (`/chat/../admin` for `/chat/*`).
+    case leavesRoute(Route)
+    /// The path climbs above the root (`/../x`).
+    case invalidPath
+}
+
 /// Ordered route list: the first route whose pattern matches wins.
 public struct RouteTable: Sendable {
     private let entries: [(pattern: RoutePattern, route: Route)]
@@ -20,20 +32,33 @@ public struct RouteTable: Sendable {
     /// Only the upstream configured for the route is ever dialled: the client
     /// contributes a path suffix and query, never a host.
     public func match(requestTarget: String) -> RouteMatch? {
+        if case .matched(let match) = lookup(requestTarget: requestTarget) { return match }
+        return nil
+    }
+
+    /// Routes a request target by its normalised path (`RequestPath`); the
+    /// upstream gets the normalised suffix. A path that only matched its
+    /// route before normalisation is refused rather than rerouted.
+    public func lookup(requestTarget: String) -> RouteLookup {
         let target = Substring(requestTarget)
         let queryStart = target.firstIndex(of: "?")
-        let path = target[..<(queryStart ?? target.endIndex)]
+        let raw = target[..<(queryStart ?? target.endIndex)]
         let query = queryStart.map { target[target.index(after: $0)...] }
+        guard case .path(let path) = RequestPath.normalize(raw) else { return .invalidPath }
+        if path != raw, let rawEntry = entries.first(where: { $0.pattern.match(raw) != nil }),
+            rawEntry.pattern.match(path) == nil {
+            return .leavesRoute(rawEntry.route)
+        }
         for entry in entries {
             guard let suffix = entry.pattern.match(path) else { continue }
             switch entry.route.upstream {
             case .echo:
-                return RouteMatch(route: entry.route, upstreamURL: nil)
+                return .matched(RouteMatch(route: entry.route, upstreamURL: nil))
             case .webSocket(let base), .http(let base):
-                return RouteMatch(route: entry.route, upstreamURL: Self.join(base, suffix: suffix, query: query))
+                return .matched(RouteMatch(route: entry.route, upstreamURL: Self.join(base, suffix: suffix, query: query)))
             }
         }
-        return nil
+        return .noRoute
     }
 
     static func join(_ base: URLParts, suffix: Substring, query: Substring?) -> URLParts {
