@@ -286,3 +286,107 @@ def test_handshake_completed_during_the_drain_gets_the_shutdown_code(make_gatewa
     assert gw.wait_exit(20) == 0
     shutdown_lines = [l for l in gw.snapshot() if l.get("event") == "websocket_close" and l.get("cause") == "shutdown"]
     assert len(shutdown_lines) == 2, shutdown_lines
+
+
+# --------------------------------------------------------------------------
+# http:// routes: the request cap and a client that does not read
+
+
+class CountingBackend:
+    """An aiohttp backend that answers `/reply/<bytes>` after `delay`
+    seconds and counts how many requests it holds at once."""
+
+    def __init__(self, delay: float) -> None:
+        from aiohttp import web
+        self.delay = delay
+        self.current = self.peak = self.total = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def reply(request):
+            self.current += 1
+            self.total += 1
+            self.peak = max(self.peak, self.current)
+            try:
+                await asyncio.sleep(self.delay)
+                size = int(request.match_info["size"])
+                return web.Response(body=b"r" * size, content_type="application/octet-stream")
+            finally:
+                self.current -= 1
+
+        async def start():
+            app = web.Application()
+            app.router.add_post("/reply/{size}", reply)
+            self.runner = web.AppRunner(app, access_log=None)
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            await site.start()
+            return site._server.sockets[0].getsockname()[1]
+
+        self.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+
+    def stop(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+
+def http_route_gateway(make_gateway, upstreams, backend: CountingBackend, size: int):
+    routes = base_config(upstreams)["routes"] + [
+        {"path": "/h", "upstream": f"http://127.0.0.1:{backend.port}/reply/{size}"}]
+    return make_gateway(routes=routes, limits={"max_message_bytes": 2 * 1024 * 1024})
+
+
+def test_one_read_of_many_messages_respects_the_request_cap(make_gateway, upstreams):
+    """5,000 one-byte messages in one write: at most 32 requests of that
+    connection are in flight at once (the cap is per message, not per read),
+    and every message is still answered, in order of arrival."""
+    backend = CountingBackend(delay=0.02)
+    try:
+        gw = http_route_gateway(make_gateway, upstreams, backend, size=1)
+        s = raw_upgrade(gw.port, "/h")
+        s.sendall(b"".join(masked(0x2, b"m") for _ in range(5000)))
+        received = 0
+        buf = b""
+        deadline = time.monotonic() + 60
+        while received < 5000 and time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            assert chunk, f"closed after {received} replies"
+            buf += chunk
+            while len(buf) >= 3 and len(buf) >= 2 + (buf[1] & 0x7F):
+                n = 2 + (buf[1] & 0x7F)
+                assert buf[0] == 0x82 and buf[2:n] == b"r", buf[:8]
+                buf = buf[n:]
+                received += 1
+        assert received == 5000
+        assert backend.total == 5000
+        assert backend.peak <= 32, f"{backend.peak} requests of one connection in flight at once"
+        s.sendall(masked(0x8, struct.pack("!H", 1000)))
+        s.recv(16)
+        s.close()
+    finally:
+        backend.stop()
+
+
+def test_http_replies_do_not_queue_for_a_client_that_does_not_read(make_gateway, upstreams):
+    """1 MiB replies to 1-byte messages from a client that never reads: the
+    gateway stops taking its messages once its replies back up, so memory
+    stays bounded by the in-flight cap (the build before grew by 1 GB in about
+    a second) and other clients are served."""
+    backend = CountingBackend(delay=0.0)
+    try:
+        gw = http_route_gateway(make_gateway, upstreams, backend, size=1024 * 1024)
+        s = raw_upgrade(gw.port, "/h", rcvbuf=4096)
+        base = rss_kib(gw.pid)
+        sent = send_until_blocked(s, masked(0x2, b"m") * 3000, seconds=8)
+        grown = rss_kib(gw.pid) - base
+        assert sent >= 7 * 32, f"the client could not even fill the request cap ({sent} bytes)"
+        assert grown < 128 * 1024, f"RSS grew by {grown} KiB ({backend.total} requests of 1 MiB answered)"
+        echo_works(gw)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    finally:
+        backend.stop()

@@ -41,6 +41,8 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
     /// the usual case, go on as a slice of the client's batch, uncopied).
     private var message: ByteBuffer?
     private var messageIsText = false
+    /// Client frames waiting for a request slot (`submitWaiting`).
+    private var waiting: FrameReader?
     private var inFlight = CircularBuffer<Slot>()
     private let allocator = ByteBufferAllocator()
 
@@ -114,9 +116,19 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
     func send(_ batch: FrameBatch) {
         guard !hasEnded else { return }
         // The batch holds complete, validated, unmasked frames.
-        var frames = FrameReader(maxFrameBytes: .max)
-        frames.append(batch.bytes)
-        while !hasEnded, case .frame(let header, let payload, _) = frames.next() {
+        if waiting == nil { waiting = FrameReader(maxFrameBytes: .max) }
+        waiting!.append(batch.bytes)
+        submitWaiting()
+    }
+
+    /// Starts requests for the waiting frames while there are slots and the
+    /// client takes responses: the cap holds per message, not per client
+    /// read. What is left waits for a slot (or for the client to read), and
+    /// the client is not read meanwhile.
+    private func submitWaiting() {
+        while !hasEnded, inFlight.count < Self.maxInFlight, delegate?.mayReadUpstream ?? false,
+            case .frame(let header, let payload, _)? = waiting?.next()
+        {
             if header.opcodeBits != 0 {  // text or binary: a new message
                 messageIsText = header.opcodeBits == 0x1
                 if header.fin {
@@ -131,6 +143,7 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
                 submit(body, isText: messageIsText)
             }
         }
+        if waiting?.bufferedBytes == 0 || hasEnded { waiting = nil }
     }
 
     private func submit(_ body: ByteBuffer, isText: Bool) {
@@ -148,7 +161,7 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
 
     /// Delivers finished responses from the head of the queue, in order.
     private func deliverCompleted() {
-        let wasFull = inFlight.count >= Self.maxInFlight
+        let wasWritable = isWritable
         var delivered = false
         while let head = inFlight.first, let result = head.result {
             inFlight.removeFirst()
@@ -182,7 +195,8 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
             }
         }
         if delivered { delegate?.upstreamReadComplete() }
-        if wasFull && inFlight.count < Self.maxInFlight { delegate?.upstreamBecameWritable() }
+        submitWaiting()
+        if !wasWritable && isWritable { delegate?.upstreamBecameWritable() }
     }
 
     /// Text when the response says it is text (`text/*`, `application/json`)
@@ -208,11 +222,20 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
         return FrameBatch(bytes: bytes, messages: 1, payloadBytes: payload.readableBytes)
     }
 
-    var isWritable: Bool { !hasEnded && inFlight.count < Self.maxInFlight }
+    /// The client may be read while no frames wait for a request slot, a
+    /// slot is free, and the client takes the responses (its channel is
+    /// writable): replies never queue without bound for a client that does
+    /// not read. At most `maxInFlight` responses are held for it.
+    var isWritable: Bool {
+        !hasEnded && waiting == nil && inFlight.count < Self.maxInFlight && (delegate?.mayReadUpstream ?? false)
+    }
 
     func flush() {}
 
-    func clientBecameWritable() {}
+    func clientBecameWritable() {
+        submitWaiting()
+        if isWritable { delegate?.upstreamBecameWritable() }
+    }
 
     // MARK: The disconnect_url hook
 
