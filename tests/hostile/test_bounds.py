@@ -390,3 +390,29 @@ def test_http_replies_do_not_queue_for_a_client_that_does_not_read(make_gateway,
         s.close()
     finally:
         backend.stop()
+
+
+# --------------------------------------------------------------------------
+# before the 101
+
+
+def test_bytes_sent_before_the_101_are_not_buffered_without_bound(make_gateway):
+    """The upgrade request and then a flood, while the upstream never answers
+    its upgrade: the gateway reads nothing more until the 101 is out, so what
+    it holds is at most one read cycle (the build before grew by 191 MiB for
+    200 MB) and other clients are served."""
+    gw = make_gateway()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", gw.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(f"GET /blackhole HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    base = rss_kib(gw.pid)
+    sent = send_until_blocked(s, masked(0x2, b"x" * 60000), seconds=6)
+    grown = rss_kib(gw.pid) - base
+    assert grown < 16 * 1024, f"RSS grew by {grown} KiB while the client sent {sent} bytes before its 101"
+    echo_works(gw)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()

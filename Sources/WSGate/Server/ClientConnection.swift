@@ -13,10 +13,13 @@ final class ClientConnection: @unchecked Sendable {
     let clientAddress: String
     private var handshakeTimer: Scheduled<Void>?
     private var session: Session?
+    /// Holds the client's reads while its upgrade is under way.
+    private let readGate: UpgradeReadGate
 
-    init(gateway: GatewayContext, channel: Channel) {
+    init(gateway: GatewayContext, channel: Channel, readGate: UpgradeReadGate) {
         self.gateway = gateway
         self.channel = channel
+        self.readGate = readGate
         self.clientAddress = channel.remoteAddress?.gatewayDescription ?? "unknown"
         let timeout = TimeAmount.milliseconds(Int64(gateway.config.limits.handshakeTimeoutMs))
         handshakeTimer = channel.eventLoop.scheduleTask(in: timeout) { [self] in
@@ -45,6 +48,8 @@ final class ClientConnection: @unchecked Sendable {
         guard case .accept(let match) = HandshakeCheck.evaluate(head, routes: gateway.routes) else {
             return eventLoop.makeSucceededFuture(nil)
         }
+        // Nothing more is read from the client until its 101 is out.
+        readGate.hold()
         let session = Session(
             id: ConnectionID.make(), route: match.route, upstreamURL: match.upstreamURL,
             clientAddress: clientAddress, eventLoop: eventLoop, environment: gateway.environment)
@@ -97,6 +102,7 @@ final class ClientConnection: @unchecked Sendable {
                 maxMessageBytes: self.gateway.settings.maxMessageBytes)
             try channel.pipeline.syncOperations.addHandler(handler, position: .before(encoder))
             session.clientAttached(handler)
+            self.readGate.release()
         }
     }
 }

@@ -52,7 +52,9 @@ public final class GatewayServer: Sendable {
                     if let serverTLS {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: serverTLS))
                     }
-                    let connection = ClientConnection(gateway: gateway, channel: channel)
+                    let gate = UpgradeReadGate()
+                    try channel.pipeline.syncOperations.addHandler(gate)
+                    let connection = ClientConnection(gateway: gateway, channel: channel, readGate: gate)
                     let upgrader = NIOWebSocketServerUpgrader(
                         maxFrameSize: maxFrame, automaticErrorHandling: false,
                         shouldUpgrade: { _, head in connection.shouldUpgrade(head) },
