@@ -174,6 +174,52 @@ def prometheus_sum(text: str, name: str) -> float:
     return total
 
 
+# --------------------------------------------------------------------------
+# a wsgate process: its stdout and its end (shared by Gateway and the
+# contract tests' own launcher)
+
+
+def collect_stdout(owner) -> None:
+    """Reader-thread body: every stdout line of `owner.proc` into
+    `owner.raw_lines`, JSON objects also into `owner.lines`, anything else
+    into `owner.bad_lines`; `owner.cond` is notified per line and at EOF."""
+    assert owner.proc.stdout is not None
+    for raw in iter(owner.proc.stdout.readline, b""):
+        text = raw.decode("utf-8", errors="replace").rstrip("\n")
+        with owner.cond:
+            owner.raw_lines.append(text)
+            try:
+                obj = json.loads(text)
+                if not isinstance(obj, dict):
+                    raise ValueError("not an object")
+                owner.lines.append(obj)
+            except ValueError:
+                owner.bad_lines.append(text)
+            owner.cond.notify_all()
+    with owner.cond:
+        owner.eof = True
+        owner.cond.notify_all()
+
+
+def stop_by_pid(owner) -> int | None:
+    """`owner.terminate()` (SIGTERM by PID), bounded wait, then SIGKILL by
+    PID; closes its pipes and returns the exit status."""
+    if owner.proc.poll() is None:
+        try:
+            owner.terminate()
+            owner.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.kill(owner.pid, signal.SIGKILL)
+            owner.proc.wait(timeout=5)
+    owner._reader.join(timeout=5)
+    if not owner._stderr.closed:
+        owner._stderr.close()
+    if owner.proc.stdout:
+        owner.proc.stdout.close()
+    owner.returncode = owner.proc.returncode
+    return owner.returncode
+
+
 class Gateway:
     """One wsgate process on a temp config. `env` adds environment variables
     (e.g. the `WSGATE_*` overrides) to a clean environment."""
@@ -240,22 +286,7 @@ class Gateway:
 
     # -- log collection
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in iter(self.proc.stdout.readline, b""):
-            text = raw.decode("utf-8", errors="replace").rstrip("\n")
-            with self.cond:
-                self.raw_lines.append(text)
-                try:
-                    obj = json.loads(text)
-                    if not isinstance(obj, dict):
-                        raise ValueError("not an object")
-                    self.lines.append(obj)
-                except ValueError:
-                    self.bad_lines.append(text)
-                self.cond.notify_all()
-        with self.cond:
-            self.eof = True
-            self.cond.notify_all()
+        collect_stdout(self)
 
     def wait_for(self, pred: Callable[[dict], bool], timeout: float = LOG_TIMEOUT) -> dict:
         deadline = time.monotonic() + timeout
@@ -379,20 +410,7 @@ class Gateway:
 
     def stop(self) -> int | None:
         """SIGTERM by PID, bounded wait, then SIGKILL by PID."""
-        if self.proc.poll() is None:
-            try:
-                self.terminate()
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self._reader.join(timeout=5)
-        if not self._stderr.closed:
-            self._stderr.close()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self.returncode = self.proc.returncode
-        return self.returncode
+        return stop_by_pid(self)
 
     def connections_counted(self) -> int | None:
         """The gateway's own count of upgraded connections (the sum of

@@ -31,7 +31,7 @@ import websockets
 from aiohttp import web
 from websockets.asyncio.server import serve as ws_serve
 
-from conftest import BIN, LOG_TIMEOUT, STARTUP_TIMEOUT, STOP_TIMEOUT, Gateway, clean_env, to_yaml
+from conftest import BIN, LOG_TIMEOUT, STARTUP_TIMEOUT, STOP_TIMEOUT, Gateway, clean_env, collect_stdout, stop_by_pid, to_yaml
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -160,22 +160,7 @@ class Launched:
 
     # -- log collection
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in iter(self.proc.stdout.readline, b""):
-            text = raw.decode("utf-8", errors="replace").rstrip("\n")
-            with self.cond:
-                self.raw_lines.append(text)
-                try:
-                    obj = json.loads(text)
-                    if not isinstance(obj, dict):
-                        raise ValueError("not an object")
-                    self.lines.append(obj)
-                except ValueError:
-                    self.bad_lines.append(text)
-                self.cond.notify_all()
-        with self.cond:
-            self.eof = True
-            self.cond.notify_all()
+        collect_stdout(self)
 
     def _wait(self, find: Callable[[], object], timeout: float, what: str):
         deadline = time.monotonic() + timeout
@@ -240,20 +225,7 @@ class Launched:
 
     def stop(self) -> int | None:
         """SIGTERM by PID, bounded wait, then SIGKILL by PID."""
-        if self.proc.poll() is None:
-            try:
-                self.terminate()
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self._reader.join(timeout=5)
-        if not self._stderr.closed:
-            self._stderr.close()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self.returncode = self.proc.returncode
-        return self.returncode
+        return stop_by_pid(self)
 
     def problems(self) -> list[str]:
         """After the process ended: what every gateway must get right."""
