@@ -110,12 +110,15 @@ struct Serve: AsyncParsableCommand {
             for problem in error.problems {
                 EventLog.startupError(path: options.resolvedPath, problem: problem)
             }
+            LogSink.standardOutput.flush()
             throw ExitCode(1)
         }
         let level = Logger.Level(rawValue: config.log.level.rawValue) ?? .info
         let format = config.log.format
+        let redaction = QueryRedaction(names: config.log.redactQuery)
+        LogSink.standardOutput.setCapacity(config.log.bufferBytes)
         LoggingSystem.bootstrap { label in
-            GatewayLogHandler(label: label, level: level, format: format)
+            GatewayLogHandler(label: label, level: level, format: format, redaction: redaction)
         }
         let logger = Logger(label: "wsgate")
         signal(SIGPIPE, SIG_IGN)
@@ -127,13 +130,14 @@ struct Serve: AsyncParsableCommand {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let server: GatewayServer
         do {
-            server = try GatewayServer(config: config, group: group, logger: logger, eventLog: EventLog(format: format))
+            server = try GatewayServer(config: config, group: group, logger: logger, eventLog: EventLog(format: format, redaction: redaction))
             _ = try await server.start()
         } catch {
             logger.error("start_failed", metadata: [
                 "host": .string(config.listen.host), "port": .stringConvertible(config.listen.port), "error": .string("\(error)"),
             ])
             try? await group.shutdownGracefully()
+            LogSink.standardOutput.flush()
             throw ExitCode(1)
         }
 
@@ -147,6 +151,7 @@ struct Serve: AsyncParsableCommand {
         await server.drain(timeout: .milliseconds(Int64(config.shutdown.drainTimeoutMs)))
         logger.notice("stopped", metadata: ["connections": .stringConvertible(server.activeConnections)])
         try? await group.shutdownGracefully()
+        LogSink.standardOutput.flush()
     }
 }
 
@@ -193,7 +198,10 @@ final class ShutdownSignal: @unchecked Sendable {
     /// During the drain, a second signal exits at once.
     func exitOnNextSignal() {
         for source in sources {
-            source.setEventHandler { exit(0) }
+            source.setEventHandler {
+                LogSink.standardOutput.flush(timeout: 1)
+                exit(0)
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ struct LogFormatTests {
         let line = sampleEvent(reason: "upstream unreachable", error: "connect(127.0.0.1:9001): Connection refused").jsonLine()
         #expect(line.hasPrefix(#"{"ts":"2026-11-25T14:03:07.412Z","level":"info","event":"websocket_close","connection_id":"01JDTEST","route":"/chat/*""#))
         let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
-        let expected = ["ts", "level", "event", "connection_id", "route", "upstream", "client_addr", "code", "reason",
+        let expected = ["ts", "level", "event", "connection_id", "route", "upstream", "target", "attempts", "client_addr", "subject", "code", "reason",
                         "was_clean", "initiator", "cause", "upstream_code", "upstream_reason", "upstream_status",
                         "error", "duration_ms", "messages_in", "messages_out", "bytes_in", "bytes_out"]
         #expect(Set(object.keys) == Set(expected))
@@ -32,6 +32,8 @@ struct LogFormatTests {
         #expect(object["was_clean"] as? Bool == true)
         #expect(object["upstream_code"] is NSNull)
         #expect(object["cause"] as? String == "upstream_unreachable")
+        // Contract §8: always present, null when not used.
+        #expect(object["target"] is NSNull && object["attempts"] is NSNull && object["subject"] is NSNull)
     }
 
     @Test func hostileStringsStayOnOneLineAndRoundTrip() throws {

@@ -618,7 +618,8 @@ def test_connect_url_gets_the_same_headers_as_message_requests(cgw, servers):
     assert hook["method"] == "POST" and hook["body"] == b""
     for h in (hook, msg):
         assert h["headers"].get("x-wsgate-connection-id") == cid
-        assert h["headers"].get("x-forwarded-for") == "203.0.113.9, 127.0.0.1"
+        # The client's own X-Forwarded-For is replaced: 127.0.0.1 is not a trusted proxy.
+        assert h["headers"].get("x-forwarded-for") == "127.0.0.1"
         assert h["headers"].get("authorization") == "Bearer c0nnect"
         assert "cookie" not in h["headers"]
 

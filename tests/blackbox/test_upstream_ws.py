@@ -76,12 +76,26 @@ def test_forward_headers_and_x_forwarded_for(gateway):
     gateway.close_event(addr)
 
 
-def test_x_forwarded_for_appends_client_address(gateway):
-    """README: the client's address is appended to any X-Forwarded-For it sent."""
-    info, _, addr = run(inspect(gateway, "/chat/inspect-xff", additional_headers={"X-Forwarded-For": "10.1.2.3"}))
+def test_x_forwarded_for_from_an_untrusted_peer_is_replaced(gateway):
+    """README: at the edge a client's own X-Forwarded-For is a claim anyone
+    can make; without `trusted_proxies` the upstream gets the peer's address
+    only, and the log names the peer."""
+    info, _, addr = run(inspect(gateway, "/chat/inspect-xff", additional_headers={"X-Forwarded-For": "6.6.6.6"}))
+    assert headers_of(info).get("x-forwarded-for") == ["127.0.0.1"]
+    assert gateway.close_event(addr)["client_addr"] == addr
+
+
+def test_x_forwarded_for_from_a_trusted_proxy_is_appended(make_gateway):
+    """README: from a peer in `trusted_proxies` the chain is kept and the
+    peer appended; the log's client_addr is the right-most address that is
+    not a trusted proxy."""
+    gw = make_gateway(trusted_proxies=["127.0.0.0/8", "10.0.0.0/8"])
+    info, _, addr = run(inspect(gw, "/chat/inspect-xff2", additional_headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.7, 10.9.9.9"}))
     xff = ",".join(headers_of(info).get("x-forwarded-for", []))
-    assert [p.strip() for p in xff.split(",")] == ["10.1.2.3", "127.0.0.1"]
-    gateway.close_event(addr)
+    assert [p.strip() for p in xff.split(",")] == ["6.6.6.6", "203.0.113.7", "10.9.9.9", "127.0.0.1"]
+    (cid,) = headers_of(info)["x-wsgate-connection-id"]
+    ev = gw.wait_for(lambda l: l.get("event") == "websocket_close" and l.get("connection_id") == cid)
+    assert ev["client_addr"] == "203.0.113.7"
 
 
 def test_upstream_sees_connection_id_of_log_line(gateway):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import socket
 import struct
 import threading
@@ -299,7 +300,7 @@ class CountingBackend:
     def __init__(self, delay: float) -> None:
         from aiohttp import web
         self.delay = delay
-        self.current = self.peak = self.total = 0
+        self.current = self.peak = self.total = self.completed = 0
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -311,6 +312,7 @@ class CountingBackend:
             try:
                 await asyncio.sleep(self.delay)
                 size = int(request.match_info["size"])
+                self.completed += 1
                 return web.Response(body=b"r" * size, content_type="application/octet-stream")
             finally:
                 self.current -= 1
@@ -318,7 +320,9 @@ class CountingBackend:
         async def start():
             app = web.Application()
             app.router.add_post("/reply/{size}", reply)
-            self.runner = web.AppRunner(app, access_log=None)
+            # A request whose connection the gateway drops is cancelled here,
+            # as a real service's work would stop.
+            self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
             await self.runner.setup()
             site = web.TCPSite(self.runner, "127.0.0.1", 0)
             await site.start()
@@ -416,3 +420,63 @@ def test_bytes_sent_before_the_101_are_not_buffered_without_bound(make_gateway):
     echo_works(gw)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
+
+
+def test_requests_do_not_outlive_their_client(make_gateway, upstreams):
+    """20 clients send 32 messages each to a slow backend, then reset: the
+    build before let all 640 requests run to completion. Now the gateway
+    takes them off libcurl when their client goes, the backend sees its
+    connections close, and no request completes."""
+    backend = CountingBackend(delay=30)
+    try:
+        gw = http_route_gateway(make_gateway, upstreams, backend, size=10)
+        socks = [raw_upgrade(gw.port, "/h") for _ in range(20)]
+        for s in socks:
+            s.sendall(b"".join(masked(0x2, b"m") for _ in range(32)))
+        deadline = time.monotonic() + 15
+        while backend.current < 640 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert backend.current == 640, f"the backend holds {backend.current} requests, expected 640"
+        for s in socks:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        deadline = time.monotonic() + 10  # well inside the backend's 30 s
+        while backend.current > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert backend.current == 0, f"{backend.current} requests still running after their clients went"
+        assert backend.completed == 0
+        for _ in range(20):
+            assert gw.wait_for(lambda l: l.get("event") == "websocket_close" and l.get("cause") == "client_gone")
+        echo_works(gw)
+    finally:
+        backend.stop()
+
+
+def test_drain_does_not_wait_for_slow_http_requests(make_gateway, upstreams):
+    """SIGTERM with drain_timeout_ms 1000 and a 30 s request in flight: the
+    build before exited after 29.5 s. The process exits within the drain
+    timeout plus about a second, and the connection still gets its line."""
+    backend = CountingBackend(delay=30)
+    try:
+        routes = base_config(upstreams)["routes"] + [
+            {"path": "/h", "upstream": f"http://127.0.0.1:{backend.port}/reply/10",
+             "http": {"disconnect_url": f"http://127.0.0.1:{backend.port}/reply/1"}}]
+        gw = make_gateway(routes=routes, shutdown={"drain_timeout_ms": 1000, "close_code": 1001},
+                          timeouts={"http_request_ms": 60000, "close_handshake_ms": 2000,
+                                    "upstream_connect_ms": 3000, "upstream_handshake_ms": 5000})
+        s = raw_upgrade(gw.port, "/h")
+        s.sendall(masked(0x2, b"m"))
+        deadline = time.monotonic() + 10
+        while backend.current < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert backend.current == 1
+        started = time.monotonic()
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait_exit(20) == 0
+        took = time.monotonic() - started
+        # A bound, not a timing goal: 30 s would mean the request was awaited.
+        assert took < 1.0 + 1.0 + 1.0, f"the drain took {took:.1f} s"
+        assert gw.wait_for(lambda l: l.get("event") == "websocket_close")["cause"] == "shutdown"
+        s.close()
+    finally:
+        backend.stop()

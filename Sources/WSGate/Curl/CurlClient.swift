@@ -25,8 +25,20 @@ import NIOPosix
 /// Requests beyond `maxInFlight` wait in the queue *before* they are added to
 /// the multi handle, because `CURLOPT_TIMEOUT_MS` counts time spent waiting
 /// for a connection slot inside libcurl.
+///
+/// Bounds: the queue holds at most `maxQueued` requests and `maxQueuedBytes`
+/// of request bodies; a request over either fails at once with `overloaded`
+/// (the client gets 1013) instead of waiting behind everyone. A request's
+/// `http_request_ms` runs from its `deadline`, set when its message was read,
+/// so time spent queued counts. A request whose connection is gone is
+/// cancelled (`cancel`): taken out of the queue, or removed from the multi
+/// handle mid-transfer, so that no backend work outlives its client.
 final class CurlClient: @unchecked Sendable {
+    /// Names one request, for `cancel`.
+    typealias Ticket = UInt64
+
     private struct Pending {
+        var ticket: Ticket
         var request: CurlRequest
         var promise: EventLoopPromise<CurlResponse>
     }
@@ -34,14 +46,24 @@ final class CurlClient: @unchecked Sendable {
     private let multi: UnsafeMutableRawPointer
     private let loop: OpaquePointer
     private let lock = NIOLock()
-    private var queue: [Pending] = []  // guarded by lock
-    private var stopping = false  // guarded by lock
+    // Guarded by lock:
+    private var queue = CircularBuffer<Pending>()
+    private var queuedBytes = 0
+    private var toCancel: [Ticket] = []
+    private var stopping = false
+    /// When stopping: transfers still running at this time are aborted.
+    private var abortAt: NIODeadline = .distantFuture
+    private var nextTicket: Ticket = 1
+
     private let maxInFlight: Int
+    let maxQueued: Int
+    let maxQueuedBytes: Int
     private let pool = NIOThreadPool(numberOfThreads: 1)
     private let stopped: EventLoopPromise<Void>
 
     // Worker-thread state.
     private var running: [UnsafeMutableRawPointer: Transfer] = [:]
+    private var runningTickets: [Ticket: UnsafeMutableRawPointer] = [:]
     private var idleHandles: [UnsafeMutableRawPointer] = []
     /// Each easy handle's error buffer, allocated with the handle.
     private var errorBuffers: [UnsafeMutableRawPointer: UnsafeMutablePointer<CChar>] = [:]
@@ -50,9 +72,11 @@ final class CurlClient: @unchecked Sendable {
         curl_global_init(Int(CURL_GLOBAL_DEFAULT))
     }()
 
-    init(maxInFlight: Int = 512, eventLoop: EventLoop) {
+    init(maxInFlight: Int = 512, maxQueued: Int = 4096, maxQueuedBytes: Int = 64 << 20, eventLoop: EventLoop) {
         _ = Self.globalInit
         self.maxInFlight = maxInFlight
+        self.maxQueued = maxQueued
+        self.maxQueuedBytes = maxQueuedBytes
         self.multi = curl_multi_init()!
         self.loop = wsgate_curl_loop_create(multi)!
         self.stopped = eventLoop.makePromise()
@@ -69,27 +93,78 @@ final class CurlClient: @unchecked Sendable {
 
     /// Queues a request; the future completes on `eventLoop`.
     func execute(_ request: CurlRequest, on eventLoop: EventLoop) -> EventLoopFuture<CurlResponse> {
+        start(request, on: eventLoop).future
+    }
+
+    /// Queues a request; its ticket can cancel it. The future completes on
+    /// `eventLoop`; it fails at once with `overloaded` when the queue is full.
+    func start(_ request: CurlRequest, on eventLoop: EventLoop) -> (ticket: Ticket, future: EventLoopFuture<CurlResponse>) {
         let promise = eventLoop.makePromise(of: CurlResponse.self)
-        let (accepted, wake) = lock.withLock { () -> (Bool, Bool) in
-            guard !stopping else { return (false, false) }
+        let bodyBytes = request.body?.readableBytes ?? 0
+        enum Admission { case queued(wake: Bool), stopped, full }
+        let (ticket, admission) = lock.withLock { () -> (Ticket, Admission) in
+            guard !stopping else { return (0, .stopped) }
+            guard queue.count < maxQueued, queuedBytes + bodyBytes <= maxQueuedBytes else { return (0, .full) }
+            let ticket = nextTicket
+            nextTicket += 1
             // Only the first request into an empty queue needs to wake the
             // worker: it drains the whole queue each time round its loop.
             let wasEmpty = queue.isEmpty
-            queue.append(Pending(request: request, promise: promise))
-            return (true, wasEmpty)
+            queue.append(Pending(ticket: ticket, request: request, promise: promise))
+            queuedBytes += bodyBytes
+            return (ticket, .queued(wake: wasEmpty))
         }
-        if wake {
-            wsgate_curl_loop_wakeup(loop)
-        } else if !accepted {
-            promise.fail(CurlFailure(cause: .internalError, message: "HTTP client stopped", curlCode: -1))
+        switch admission {
+        case .queued(let wake):
+            if wake { wsgate_curl_loop_wakeup(loop) }
+        case .stopped:
+            promise.fail(CurlFailure(cause: .shutdown, message: "gateway shutting down", curlCode: -1))
+        case .full:
+            promise.fail(CurlFailure(
+                cause: .overloaded, message: "HTTP request queue full (\(maxQueued) requests or \(maxQueuedBytes) bytes waiting)",
+                curlCode: -1))
         }
-        return promise.futureResult
+        return (ticket, promise.futureResult)
     }
 
-    /// Finishes in-flight transfers (each bounded by its own timeout), fails
-    /// queued ones, then stops the worker.
-    func shutdown() async {
-        lock.withLock { stopping = true }
+    /// Cancels requests whose connection is gone: queued ones never start,
+    /// running ones are removed from the multi handle. Their futures fail
+    /// (nobody is waiting for them any more).
+    func cancel(_ tickets: [Ticket]) {
+        guard !tickets.isEmpty else { return }
+        let (dropped, wake) = lock.withLock { () -> ([Pending], Bool) in
+            let wanted = Set(tickets)
+            var dropped: [Pending] = []
+            if !queue.isEmpty {
+                var kept = CircularBuffer<Pending>(initialCapacity: queue.count)
+                for p in queue {
+                    if wanted.contains(p.ticket) {
+                        dropped.append(p)
+                        queuedBytes -= p.request.body?.readableBytes ?? 0
+                    } else {
+                        kept.append(p)
+                    }
+                }
+                queue = kept
+            }
+            let queuedTickets = Set(dropped.map(\.ticket))
+            let rest = tickets.filter { !queuedTickets.contains($0) }
+            toCancel.append(contentsOf: rest)
+            return (dropped, !rest.isEmpty)
+        }
+        for p in dropped { p.promise.fail(Self.cancelled) }
+        if wake { wsgate_curl_loop_wakeup(loop) }
+    }
+
+    private static let cancelled = CurlFailure(cause: .clientGone, message: "cancelled: the client connection ended", curlCode: -1)
+
+    /// Fails queued requests, lets running transfers finish until
+    /// `deadline`, aborts what is still running then, and stops the worker.
+    func shutdown(abortAt deadline: NIODeadline = .distantFuture) async {
+        lock.withLock {
+            stopping = true
+            abortAt = deadline
+        }
         wsgate_curl_loop_wakeup(loop)
         try? await stopped.futureResult.get()
         try? await pool.shutdownGracefully()
@@ -99,25 +174,38 @@ final class CurlClient: @unchecked Sendable {
 
     private func run() {
         while true {
-            let (batch, stop) = lock.withLock { () -> ([Pending], Bool) in
+            let (batch, cancels, stop, abortAt) = lock.withLock { () -> ([Pending], [Ticket], Bool, NIODeadline) in
                 let room = maxInFlight - running.count
                 let take = min(room, queue.count)
-                let batch = Array(queue.prefix(take))
-                queue.removeFirst(take)
+                var batch: [Pending] = []
+                batch.reserveCapacity(take)
+                for _ in 0..<take {
+                    let p = queue.removeFirst()
+                    queuedBytes -= p.request.body?.readableBytes ?? 0
+                    batch.append(p)
+                }
                 if stopping {
-                    let rest = queue
-                    queue = []
-                    for p in rest {
+                    for p in queue {
                         p.promise.fail(CurlFailure(cause: .shutdown, message: "gateway shutting down", curlCode: -1))
                     }
+                    queue.removeAll()
+                    queuedBytes = 0
                 }
-                return (batch, stopping)
+                let cancels = toCancel
+                toCancel = []
+                return (batch, cancels, stopping, self.abortAt)
             }
+            for ticket in cancels { abortTransfer(ticket: ticket, failure: Self.cancelled) }
             for pending in batch { start(pending) }
             if !batch.isEmpty { wsgate_curl_loop_kick(loop) }
             collectFinished()
+            if stop && NIODeadline.now() >= abortAt {
+                let failure = CurlFailure(cause: .shutdown, message: "aborted: the gateway's drain ended", curlCode: -1)
+                for ticket in Array(runningTickets.keys) { abortTransfer(ticket: ticket, failure: failure) }
+            }
             if stop && running.isEmpty { break }
-            wsgate_curl_loop_run_once(loop, 1000)
+            // Wake at least every 100 ms while stopping, to see the abort deadline.
+            wsgate_curl_loop_run_once(loop, stop ? 100 : 1000)
             collectFinished()
         }
         for handle in idleHandles { curl_easy_cleanup(handle) }
@@ -127,6 +215,27 @@ final class CurlClient: @unchecked Sendable {
         wsgate_curl_loop_destroy(loop)
         curl_multi_cleanup(multi)
         stopped.succeed(())
+    }
+
+    /// Takes a running transfer off the multi handle and fails its promise.
+    private func abortTransfer(ticket: Ticket, failure: CurlFailure) {
+        guard let handle = runningTickets.removeValue(forKey: ticket) else { return }  // finished already
+        curl_multi_remove_handle(multi, handle)
+        guard let transfer = running.removeValue(forKey: handle) else { return }
+        let promise = transfer.promise
+        promise.futureResult.eventLoop.execute { promise.fail(failure) }
+        retire(handle, transfer: transfer)
+    }
+
+    /// A finished or aborted transfer's handle goes back to the pool, unless
+    /// it carries per-route TLS options.
+    private func retire(_ handle: UnsafeMutableRawPointer, transfer: Transfer) {
+        if transfer.request.hasCustomTLS {
+            curl_easy_cleanup(handle)
+            errorBuffers.removeValue(forKey: handle)?.deallocate()
+        } else {
+            releaseHandle(handle)
+        }
     }
 
     /// A handle from the pool, or a new one with the options every transfer
@@ -160,11 +269,35 @@ final class CurlClient: @unchecked Sendable {
     }
 
     private func start(_ pending: Pending) {
+        var request = pending.request
+        if let deadline = request.deadline {
+            // http_request_ms counts from when the message was read.
+            let left = (deadline - .now()).nanoseconds / 1_000_000
+            guard left > 0 else {
+                let failure = CurlFailure(
+                    cause: .upstreamTimeout, message: "no response within \(request.totalTimeoutMs) ms (the request waited in the gateway's queue)",
+                    curlCode: Int32(CURLE_OPERATION_TIMEDOUT.rawValue))
+                let promise = pending.promise
+                promise.futureResult.eventLoop.execute { promise.fail(failure) }
+                return
+            }
+            request.totalTimeoutMs = min(request.totalTimeoutMs, Int(left))
+        }
         let handle = makeHandle()
-        let transfer = Transfer(request: pending.request, promise: pending.promise, errorBuffer: errorBuffers[handle]!)
+        let transfer = Transfer(request: request, promise: pending.promise, errorBuffer: errorBuffers[handle]!)
         transfer.configure(handle)
+        let added = curl_multi_add_handle(multi, handle)
+        guard added == CURLM_OK else {
+            let failure = CurlFailure(
+                cause: .internalError, message: "curl_multi_add_handle: \(String(cString: curl_multi_strerror(added)))", curlCode: -1)
+            let promise = pending.promise
+            promise.futureResult.eventLoop.execute { promise.fail(failure) }
+            retire(handle, transfer: transfer)
+            return
+        }
         running[handle] = transfer
-        curl_multi_add_handle(multi, handle)
+        runningTickets[pending.ticket] = handle
+        transfer.ticket = pending.ticket
     }
 
     /// Completes finished transfers. Results are handed to each event loop
@@ -177,18 +310,14 @@ final class CurlClient: @unchecked Sendable {
             guard message.pointee.msg == CURLMSG_DONE, let handle = message.pointee.easy_handle else { continue }
             let code = message.pointee.data.result
             curl_multi_remove_handle(multi, handle)
-            var reusable = true
             if let transfer = running.removeValue(forKey: handle) {
+                runningTickets.removeValue(forKey: transfer.ticket)
                 let complete = transfer.finish(handle: handle, code: code)
                 let loop = transfer.promise.futureResult.eventLoop
                 batches[ObjectIdentifier(loop), default: (loop, [])].1.append(complete)
-                reusable = !transfer.request.hasCustomTLS
-            }
-            if reusable {
-                releaseHandle(handle)
+                retire(handle, transfer: transfer)
             } else {
-                curl_easy_cleanup(handle)
-                errorBuffers.removeValue(forKey: handle)?.deallocate()
+                releaseHandle(handle)
             }
         }
         for (_, (loop, completions)) in batches {
@@ -203,6 +332,7 @@ final class CurlClient: @unchecked Sendable {
 private final class Transfer {
     let request: CurlRequest
     let promise: EventLoopPromise<CurlResponse>
+    var ticket: CurlClient.Ticket = 0
     var responseBody: ByteBuffer
     var oversized = false
     private var bodyCopy: UnsafeMutableRawBufferPointer?

@@ -29,6 +29,9 @@ struct CurlRequest: Sendable {
     var body: ByteBuffer?
     var connectTimeoutMs: Int
     var totalTimeoutMs: Int
+    /// When the whole request must be done, queue time included (set from
+    /// the moment its message was read); nil: `totalTimeoutMs` from its start.
+    var deadline: NIODeadline? = nil
     /// The transfer is aborted when the response body exceeds this.
     var maxResponseBytes: Int
     /// A route's `tls` settings for an https:// upstream.

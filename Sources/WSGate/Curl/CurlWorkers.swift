@@ -27,12 +27,12 @@ final class CurlWorkers: Sendable {
         byLoop[ObjectIdentifier(eventLoop)] ?? all[0]
     }
 
-    /// Finishes in-flight transfers on every worker (each bounded by its own
-    /// timeouts), then stops them; the workers drain concurrently.
-    func shutdown() async {
+    /// Lets in-flight transfers on every worker finish until `abortAt`,
+    /// aborts the rest, then stops the workers; they drain concurrently.
+    func shutdown(abortAt: NIODeadline = .distantFuture) async {
         await withTaskGroup(of: Void.self) { group in
             for client in all {
-                group.addTask { await client.shutdown() }
+                group.addTask { await client.shutdown(abortAt: abortAt) }
             }
         }
     }

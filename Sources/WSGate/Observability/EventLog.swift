@@ -8,10 +8,15 @@ import Logging
 public struct EventLog: Sendable {
     public let format: GatewayConfig.LogFormat
     public let sink: LogSink
+    /// `log.redact_query`: applied by whoever builds an event (a close
+    /// event's fields are redacted once, for the line and the
+    /// `disconnect_url` body alike), and here to reject lines.
+    public let redaction: QueryRedaction
 
-    public init(format: GatewayConfig.LogFormat, sink: LogSink = .standardOutput) {
+    public init(format: GatewayConfig.LogFormat, sink: LogSink = .standardOutput, redaction: QueryRedaction = QueryRedaction()) {
         self.format = format
         self.sink = sink
+        self.redaction = redaction
     }
 
     public func closed(_ event: CloseEvent) {
@@ -32,6 +37,9 @@ public struct EventLog: Sendable {
             if let r = event.upstreamReason { m["upstream_reason"] = .string(r) }
             if let s = event.upstreamStatus { m["upstream_status"] = .stringConvertible(s) }
             if let e = event.error { m["error"] = .string(e) }
+            if let t = event.target { m["target"] = .string(t) }
+            if let a = event.attempts { m["attempts"] = .stringConvertible(a) }
+            if let s = event.subject { m["subject"] = .string(s) }
             sink.writeLine(GatewayLogHandler.textLine(level: .info, message: "websocket_close", metadata: m, timestamp: event.timestamp))
         }
     }
@@ -62,6 +70,9 @@ public struct EventLog: Sendable {
 
     public func rejected(_ r: Rejection) {
         let level = "info"
+        var r = r
+        r.path = redaction.redact(r.path)
+        r.error = r.error.map(redaction.redact)
         switch format {
         case .json:
             var w = JSONObjectWriter()

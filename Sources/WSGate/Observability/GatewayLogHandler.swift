@@ -14,11 +14,14 @@ public struct GatewayLogHandler: LogHandler {
     public var metadataProvider: Logger.MetadataProvider?
     let format: GatewayConfig.LogFormat
     let sink: LogSink
+    /// `log.redact_query`, applied to every string value (URLs in warnings).
+    let redaction: QueryRedaction
 
-    public init(label: String, level: Logger.Level, format: GatewayConfig.LogFormat, sink: LogSink = .standardOutput) {
+    public init(label: String, level: Logger.Level, format: GatewayConfig.LogFormat, sink: LogSink = .standardOutput, redaction: QueryRedaction = QueryRedaction()) {
         self.logLevel = level
         self.format = format
         self.sink = sink
+        self.redaction = redaction
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -30,6 +33,11 @@ public struct GatewayLogHandler: LogHandler {
         var all = metadata
         if let provided = metadataProvider?.get() { all.merge(provided) { $1 } }
         if let extra = event.metadata { all.merge(extra) { $1 } }
+        if redaction.isEnabled {
+            for (key, value) in all {
+                if case .string(let text) = value { all[key] = .string(redaction.redact(text)) }
+            }
+        }
         let line: String
         switch format {
         case .json:

@@ -24,6 +24,11 @@ final class GatewayMetrics: Sendable {
     let bytesOut: CoreMetrics.Counter
     let upstreamConnect: CoreMetrics.Timer
     let httpRequest: CoreMetrics.Timer
+    /// Connections closed unread because `limits.max_pending_handshakes`
+    /// were under way.
+    let handshakesRefused: CoreMetrics.Counter
+    /// Log lines the log buffer had no room for (stdout stalled).
+    let logLinesDropped: CoreMetrics.Counter
     /// `wsgate_close_events_total` counters, created on first use per
     /// (code, cause, route): a bounded set.
     private let closeEvents = NIOLockedValueBox<[String: CoreMetrics.Counter]>([:])
@@ -49,8 +54,12 @@ final class GatewayMetrics: Sendable {
         bytesOut = CoreMetrics.Counter(label: "wsgate_bytes_total", dimensions: [("direction", "out")], factory: factory)
         upstreamConnect = CoreMetrics.Timer(label: "wsgate_upstream_connect_seconds", dimensions: [], factory: factory)
         httpRequest = CoreMetrics.Timer(label: "wsgate_http_upstream_request_seconds", dimensions: [], factory: factory)
+        handshakesRefused = CoreMetrics.Counter(label: "wsgate_handshakes_refused_total", dimensions: [], factory: factory)
+        logLinesDropped = CoreMetrics.Counter(label: "wsgate_log_lines_dropped_total", dimensions: [], factory: factory)
         // Present from the start, so dashboards see 0 rather than no series.
         connectionsActive.set(0)
+        handshakesRefused.increment(by: 0)
+        logLinesDropped.increment(by: 0)
     }
 
     func connectionOpened(route: String) {

@@ -55,10 +55,20 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     /// When a frame last passed either way; read per read batch, not per frame.
     private var lastActivity = NIODeadline.now()
 
+    /// The upstream's `host:port` (nil for the built-in echo), and how many
+    /// times it was dialled: the log line's `target` and `attempts`.
+    private let upstreamTarget: String?
+    private var connectAttempts = 0
+
     init(id: String, route: Route, upstreamURL: URLParts?, clientAddress: String, eventLoop: EventLoop, environment: SessionEnvironment) {
         self.id = id
         self.route = route
-        self.upstreamLabel = upstreamURL?.description ?? route.upstream.description
+        // Redacted once (log.redact_query): the close line and the
+        // disconnect_url body both carry it.
+        self.upstreamLabel = environment.eventLog.redaction.redact(upstreamURL?.description ?? route.upstream.description)
+        self.upstreamTarget = upstreamURL.map { url in
+            url.host.contains(":") ? "[\(url.host)]:\(url.port)" : "\(url.host):\(url.port)"
+        }
         self.clientAddress = clientAddress
         self.eventLoop = eventLoop
         self.environment = environment
@@ -79,6 +89,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         eventLoop.preconditionInEventLoop()
         self.upstream = upstream
         environment.registry.add(self)
+        if upstreamTarget != nil { connectAttempts += 1 }
         return upstream.connect(delegate: self).map { chosen in
             if self.route.upstream != .echo {  // the built-in echo has nothing to connect to
                 self.environment.metrics.upstreamConnect.recordNanoseconds((NIODeadline.now() - self.connectStarted).nanoseconds)
@@ -304,8 +315,10 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
                 timestamp: Timestamp.nowMilliseconds(), connectionID: id, route: route.path, upstream: upstreamLabel,
                 clientAddress: clientAddress, code: outcome.code, reason: outcome.reason, wasClean: outcome.wasClean,
                 initiator: outcome.cause.initiator, cause: outcome.cause, upstreamCode: outcome.upstreamCode,
-                upstreamReason: outcome.upstreamReason, upstreamStatus: outcome.upstreamStatus, error: outcome.error,
-                durationMs: duration, messagesIn: messagesIn, messagesOut: messagesOut, bytesIn: bytesIn, bytesOut: bytesOut)
+                upstreamReason: outcome.upstreamReason, upstreamStatus: outcome.upstreamStatus,
+                error: outcome.error.map(environment.eventLog.redaction.redact),
+                durationMs: duration, messagesIn: messagesIn, messagesOut: messagesOut, bytesIn: bytesIn, bytesOut: bytesOut,
+                target: connectAttempts > 0 ? upstreamTarget : nil, attempts: upstreamTarget == nil ? nil : connectAttempts)
             environment.eventLog.closed(event)
             reportTraffic()
             environment.metrics.connectionClosed(event)

@@ -13,12 +13,17 @@ final class ClientConnection: @unchecked Sendable {
     let clientAddress: String
     private var handshakeTimer: Scheduled<Void>?
     private var session: Session?
+    /// Bounds the request head and what arrives after it before the 101.
+    private let limiter: RequestHeadLimiter
     /// Holds the client's reads while its upgrade is under way.
     private let readGate: UpgradeReadGate
+    /// Whether this connection still counts toward `max_pending_handshakes`.
+    private var pending = true
 
-    init(gateway: GatewayContext, channel: Channel, readGate: UpgradeReadGate) {
+    init(gateway: GatewayContext, channel: Channel, limiter: RequestHeadLimiter, readGate: UpgradeReadGate) {
         self.gateway = gateway
         self.channel = channel
+        self.limiter = limiter
         self.readGate = readGate
         self.clientAddress = channel.remoteAddress?.gatewayDescription ?? "unknown"
         let timeout = TimeAmount.milliseconds(Int64(gateway.config.limits.handshakeTimeoutMs))
@@ -30,6 +35,7 @@ final class ClientConnection: @unchecked Sendable {
         }
         channel.closeFuture.assumeIsolatedUnsafeUnchecked().whenComplete { [self] _ in
             self.handshakeTimer?.cancel()
+            self.leavePending()
             self.session?.clientConnectionClosed()
         }
     }
@@ -38,6 +44,14 @@ final class ClientConnection: @unchecked Sendable {
     func handshakeFinished() {
         handshakeTimer?.cancel()
         handshakeTimer = nil
+    }
+
+    /// Upgraded, answered with an error, or gone: no longer a pending
+    /// handshake.
+    func leavePending() {
+        guard pending else { return }
+        pending = false
+        gateway.pendingHandshakes.leave()
     }
 
     /// NIO's `shouldUpgrade`: nil declines (the request then reaches
@@ -50,9 +64,12 @@ final class ClientConnection: @unchecked Sendable {
         }
         // Nothing more is read from the client until its 101 is out.
         readGate.hold()
+        let forwarded = ForwardedFor(
+            headerValues: head.headers["x-forwarded-for"], peerIP: channel.remoteAddress?.ipAddress,
+            trustedProxies: gateway.config.trustedProxies)
         let session = Session(
             id: ConnectionID.make(), route: match.route, upstreamURL: match.upstreamURL,
-            clientAddress: clientAddress, eventLoop: eventLoop, environment: gateway.environment)
+            clientAddress: forwarded.clientIP ?? clientAddress, eventLoop: eventLoop, environment: gateway.environment)
         self.session = session
         if gateway.registry.count >= gateway.config.limits.maxConnections {
             session.startRefused(.overloaded)
@@ -70,7 +87,7 @@ final class ClientConnection: @unchecked Sendable {
         let upstream: UpstreamLeg
         do {
             upstream = try UpstreamFactory(resources: gateway.upstreams).make(
-                for: match, request: head, clientIP: channel.remoteAddress?.ipAddress, connectionID: session.id, eventLoop: eventLoop)
+                for: match, request: head, forwardedFor: forwarded.header, connectionID: session.id, eventLoop: eventLoop)
         } catch {
             session.startRefused(.internalError)
             return eventLoop.makeSucceededFuture(HTTPHeaders())
@@ -101,7 +118,14 @@ final class ClientConnection: @unchecked Sendable {
                 role: .server(relayAs: session.clientFrameFormat), delegate: session,
                 maxMessageBytes: self.gateway.settings.maxMessageBytes)
             try channel.pipeline.syncOperations.addHandler(handler, position: .before(encoder))
+            channel.pipeline.syncOperations.removeHandler(self.limiter, promise: nil)
+            self.leavePending()
             session.clientAttached(handler)
+            if self.limiter.overflowed {
+                // It flooded before its 101: what it sent was not kept, and
+                // it is told so now.
+                session.legViolation(.messageTooBig(limit: RequestHeadLimiter.maxEarlyBytes), framingBroken: true)
+            }
             self.readGate.release()
         }
     }

@@ -16,6 +16,8 @@ final class GatewayContext: AdminStatus {
     /// `listen.tls`: terminate wss:// here.
     let serverTLS: NIOSSLContext?
     private let draining = NIOLockedValueBox(false)
+    /// Connections accepted and not yet upgraded or answered.
+    let pendingHandshakes: PendingHandshakes
 
     var settings: SessionSettings { environment.settings }
     var eventLog: EventLog { environment.eventLog }
@@ -28,11 +30,16 @@ final class GatewayContext: AdminStatus {
 
     func startDraining() { draining.withLockedValue { $0 = true } }
 
-    func metricsText() -> String { metrics.render() }
+    func metricsText() -> String {
+        let dropped = eventLog.sink.takeDroppedCount()
+        if dropped > 0 { metrics.logLinesDropped.increment(by: Int64(dropped)) }
+        return metrics.render()
+    }
 
     init(config: GatewayConfig, eventLog: EventLog, logger: Logger, group: EventLoopGroup) throws {
         self.config = config
         self.routes = RouteTable(routes: config.routes)
+        self.pendingHandshakes = PendingHandshakes(limit: config.limits.maxPendingHandshakes)
         let settings = SessionSettings(config: config)
         let metrics = GatewayMetrics(routes: config.routes)
         self.environment = SessionEnvironment(

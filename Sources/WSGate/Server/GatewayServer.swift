@@ -52,9 +52,21 @@ public final class GatewayServer: Sendable {
                     if let serverTLS {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: serverTLS))
                     }
+                    guard gateway.pendingHandshakes.enter() else {
+                        // Over limits.max_pending_handshakes: nothing of this
+                        // connection is read or held.
+                        gateway.eventLog.rejected(.init(
+                            status: 503, reason: "too many pending handshakes", method: "", path: "",
+                            clientAddress: channel.remoteAddress?.gatewayDescription ?? "unknown"))
+                        gateway.metrics.handshakesRefused.increment()
+                        channel.close(promise: nil)
+                        return
+                    }
+                    let limiter = RequestHeadLimiter(maxHeadBytes: gateway.config.limits.maxHeaderBytes)
+                    try channel.pipeline.syncOperations.addHandler(limiter)
                     let gate = UpgradeReadGate()
                     try channel.pipeline.syncOperations.addHandler(gate)
-                    let connection = ClientConnection(gateway: gateway, channel: channel, readGate: gate)
+                    let connection = ClientConnection(gateway: gateway, channel: channel, limiter: limiter, readGate: gate)
                     let upgrader = NIOWebSocketServerUpgrader(
                         maxFrameSize: maxFrame, automaticErrorHandling: false,
                         shouldUpgrade: { _, head in connection.shouldUpgrade(head) },
@@ -90,8 +102,10 @@ public final class GatewayServer: Sendable {
     }
 
     /// Graceful drain: every client gets `shutdown.close_code`; after
-    /// `timeout`, whatever is left is dropped. Returns when all sessions have
-    /// logged their close line (or a short grace after forcing).
+    /// `timeout`, whatever is left is dropped. Returns within `timeout` plus
+    /// about a second, whatever the upstreams do: every session has logged
+    /// its close line by then (forced ones included), and HTTP requests and
+    /// `disconnect_url` hooks still running are aborted.
     public func drain(timeout: TimeAmount) async {
         gateway.startDraining()  // /readyz answers 503 from now on
         await stopAccepting()
@@ -106,14 +120,14 @@ public final class GatewayServer: Sendable {
             for session in gateway.registry.all {
                 session.eventLoop.execute { session.forceClose() }
             }
-            let grace = NIODeadline.now() + .seconds(1)
+            let grace = NIODeadline.now() + .milliseconds(300)
             while gateway.registry.count > 0 && NIODeadline.now() < grace {
                 try? await Task.sleep(nanoseconds: 10_000_000)
             }
         }
-        // disconnect_url hooks and any last requests finish (each bounded by
-        // http_request_ms), then the curl worker stops.
-        await gateway.upstreams.curl?.shutdown()
+        // The hooks of the last connections (disconnect_url) and anything
+        // still running get a bounded share, then are aborted.
+        await gateway.upstreams.curl?.shutdown(abortAt: max(deadline, .now()) + .milliseconds(500))
         await admin.stop()
     }
 }

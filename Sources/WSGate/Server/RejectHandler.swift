@@ -41,6 +41,7 @@ final class RejectHandler: ChannelInboundHandler, RemovableChannelHandler {
             // HTTP can be answered; log and drop.
             responded = true
             connection.handshakeFinished()
+            connection.leavePending()
             connection.gateway.eventLog.rejected(.init(
                 status: 400, reason: "TLS handshake failed", method: "", path: "",
                 clientAddress: connection.clientAddress, error: "\(error)"))
@@ -53,6 +54,7 @@ final class RejectHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func respond(context: ChannelHandlerContext, _ rejection: HandshakeCheck.Rejection, method: String, path: String, origin: String?, error: String? = nil) {
         responded = true
         connection.handshakeFinished()
+        connection.leavePending()
         connection.gateway.eventLog.rejected(.init(
             status: Int(rejection.status.code), reason: rejection.reason, method: method, path: path,
             clientAddress: connection.clientAddress, route: rejection.route, origin: origin, error: error))

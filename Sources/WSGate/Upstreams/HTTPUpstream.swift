@@ -12,6 +12,7 @@ import NIOWebSocket
 final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
     /// One message's request, in order; `result` is set when it completes.
     private final class Slot {
+        var ticket: CurlClient.Ticket = 0
         var result: Result<CurlResponse, Error>?
     }
 
@@ -41,8 +42,12 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
     /// the usual case, go on as a slice of the client's batch, uncopied).
     private var message: ByteBuffer?
     private var messageIsText = false
-    /// Client frames waiting for a request slot (`submitWaiting`).
+    /// Client frames waiting for a request slot (`submitWaiting`), and when
+    /// the oldest of them was read: their `http_request_ms` runs from then.
     private var waiting: FrameReader?
+    private var waitingSince = NIODeadline.now()
+    /// The `connect_url` request while it runs (cancelled if the client goes).
+    private var connectTicket: CurlClient.Ticket?
     private var inFlight = CircularBuffer<Slot>()
     private let allocator = ByteBufferAllocator()
 
@@ -89,7 +94,9 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
         }
         var hook = request(url: connectURL, headers: CurlHeaderList(commonHeaders), body: nil)
         hook.method = "POST"
-        return client.execute(hook, on: eventLoop).flatMapThrowing { response -> String? in
+        let call = client.start(hook, on: eventLoop)
+        connectTicket = call.ticket
+        return call.future.always { [self] _ in self.connectTicket = nil }.flatMapThrowing { response -> String? in
             switch response.status {
             case 200..<300:
                 return nil
@@ -116,7 +123,10 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
     func send(_ batch: FrameBatch) {
         guard !hasEnded else { return }
         // The batch holds complete, validated, unmasked frames.
-        if waiting == nil { waiting = FrameReader(maxFrameBytes: .max) }
+        if waiting == nil {
+            waiting = FrameReader(maxFrameBytes: .max)
+            waitingSince = .now()
+        }
         waiting!.append(batch.bytes)
         submitWaiting()
     }
@@ -149,8 +159,12 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
     private func submit(_ body: ByteBuffer, isText: Bool) {
         let slot = Slot()
         inFlight.append(slot)
-        let started = NIODeadline.now()
-        client.execute(request(url: urlString, headers: isText ? textHeaders : binaryHeaders, body: body), on: eventLoop)
+        let started = waitingSince  // when this message was read
+        var request = request(url: urlString, headers: isText ? textHeaders : binaryHeaders, body: body)
+        request.deadline = started + .milliseconds(Int64(timeouts.requestMs))
+        let call = client.start(request, on: eventLoop)
+        slot.ticket = call.ticket
+        call.future
             .assumeIsolatedUnsafeUnchecked()
             .whenComplete { [self] result in
                 self.requestTimer?.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
@@ -231,6 +245,22 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
     }
 
     func flush() {}
+
+    // MARK: Ending
+
+    func close(code: UInt16?, reason: String) { finish() }
+
+    func abort() { finish() }
+
+    /// The connection is ending: requests that are queued or running for it
+    /// are cancelled, so that no backend work outlives the client.
+    private func finish() {
+        var tickets = inFlight.compactMap { $0.result == nil ? $0.ticket : nil }
+        if let connectTicket { tickets.append(connectTicket) }
+        client.cancel(tickets)
+        waiting = nil
+        end()
+    }
 
     func clientBecameWritable() {
         submitWaiting()

@@ -12,8 +12,7 @@ struct UpstreamFactory {
     /// was loaded: the workers exist whenever a route is HTTP).
     struct Unavailable: Error {}
 
-    func make(for match: RouteMatch, request head: HTTPRequestHead, clientIP: String?, connectionID: String, eventLoop: EventLoop) throws -> UpstreamLeg {
-        let forwarded = Self.forwardedFor(head, clientIP: clientIP)
+    func make(for match: RouteMatch, request head: HTTPRequestHead, forwardedFor forwarded: String, connectionID: String, eventLoop: EventLoop) throws -> UpstreamLeg {
         switch match.route.upstream {
         case .echo:
             return EchoUpstream(eventLoop: eventLoop)
@@ -47,20 +46,13 @@ struct UpstreamFactory {
         return lines
     }
 
-    /// The client's address appended to any `X-Forwarded-For` it sent.
-    static func forwardedFor(_ head: HTTPRequestHead, clientIP: String?) -> String {
-        let clientIP = clientIP ?? "unknown"
-        let prior = head.headers["x-forwarded-for"].joined(separator: ", ")
-        return prior.isEmpty ? clientIP : "\(prior), \(clientIP)"
-    }
-
     static func offeredProtocols(_ headers: HTTPHeaders) -> [String] {
         headers[canonicalForm: "sec-websocket-protocol"].map { String($0) }.filter { !$0.isEmpty }
     }
 
     /// The upstream's handshake headers: Host, the client's subprotocol
-    /// offer, the route's `forward_headers`, `X-Forwarded-For` (appended to
-    /// any the client sent) and the connection id for correlation.
+    /// offer, the route's `forward_headers`, `X-Forwarded-For` (see
+    /// `ForwardedFor`) and the connection id for correlation.
     static func upstreamHeaders(for head: HTTPRequestHead, url: URLParts, route: Route, connectionID: String, forwardedFor: String) -> HTTPHeaders {
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: url.hostHeader)

@@ -20,9 +20,15 @@ public struct CloseEvent: Sendable, Equatable {
     public var messagesOut: UInt64
     public var bytesIn: UInt64
     public var bytesOut: UInt64
+    /// Contract §8: the upstream member dialled (`host:port`), the number of
+    /// connect attempts, and the token's `sub`; nil when not used.
+    public var target: String?
+    public var attempts: Int?
+    public var subject: String?
 
     public init(
-        timestamp: UInt64, connectionID: String, route: String, upstream: String, clientAddress: String, code: UInt16, reason: String, wasClean: Bool, initiator: Initiator, cause: CloseCause, upstreamCode: UInt16? = nil, upstreamReason: String? = nil, upstreamStatus: Int? = nil, error: String? = nil, durationMs: Int64, messagesIn: UInt64, messagesOut: UInt64, bytesIn: UInt64, bytesOut: UInt64
+        timestamp: UInt64, connectionID: String, route: String, upstream: String, clientAddress: String, code: UInt16, reason: String, wasClean: Bool, initiator: Initiator, cause: CloseCause, upstreamCode: UInt16? = nil, upstreamReason: String? = nil, upstreamStatus: Int? = nil, error: String? = nil, durationMs: Int64, messagesIn: UInt64, messagesOut: UInt64, bytesIn: UInt64, bytesOut: UInt64,
+        target: String? = nil, attempts: Int? = nil, subject: String? = nil
     ) {
         self.timestamp = timestamp
         self.connectionID = connectionID
@@ -43,6 +49,9 @@ public struct CloseEvent: Sendable, Equatable {
         self.messagesOut = messagesOut
         self.bytesIn = bytesIn
         self.bytesOut = bytesOut
+        self.target = target
+        self.attempts = attempts
+        self.subject = subject
     }
 
     /// The JSON object of the README's log format, in its field order, on
@@ -55,7 +64,10 @@ public struct CloseEvent: Sendable, Equatable {
         w.field("connection_id", connectionID)
         w.field("route", route)
         w.field("upstream", upstream)
+        w.field("target", target)
+        w.field("attempts", attempts)
         w.field("client_addr", clientAddress)
+        w.field("subject", subject)
         w.field("code", Int(code))
         w.field("reason", reason)
         w.field("was_clean", wasClean)

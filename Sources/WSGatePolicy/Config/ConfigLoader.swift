@@ -90,6 +90,8 @@ private enum ConfigTables {
             .scalar("max_message_bytes", .int(1...(1 << 30)), \.limits.maxMessageBytes),
             .scalar("handshake_timeout_ms", .int(1...3_600_000), \.limits.handshakeTimeoutMs),
             .scalar("idle_timeout_ms", .int(0...86_400_000), \.limits.idleTimeoutMs),
+            .scalar("max_header_bytes", .int(1_024...1_048_576), \.limits.maxHeaderBytes),
+            .scalar("max_pending_handshakes", .int(1...10_000_000), \.limits.maxPendingHandshakes),
         ]),
         .section("timeouts", [
             .scalar("upstream_connect_ms", .int(1...3_600_000), \.timeouts.upstreamConnectMs),
@@ -107,9 +109,12 @@ private enum ConfigTables {
         .section("log", [
             .scalar("level", .oneOf, \.log.level, environment: "WSGATE_LOG_LEVEL"),
             .scalar("format", .oneOf, \.log.format, environment: "WSGATE_LOG_FORMAT"),
+            .scalar("buffer_bytes", .int(65_536...(1 << 30)), \.log.bufferBytes),
+            .custom("redact_query") { reader, node, path, config in reader.decodeRedactQuery(node, path, &config.log.redactQuery) },
         ]),
         .custom("routes", required: true) { reader, node, path, config in reader.decodeRoutes(node, path, &config.routes) },
         .custom("close_codes") { reader, node, path, config in reader.decodeCloseCodes(node, path, &config.closeCodes) },
+        .custom("trusted_proxies") { reader, node, path, config in reader.decodeTrustedProxies(node, path, &config.trustedProxies) },
     ]
 
     /// One entry of `routes`. Its keys fill a `RouteDraft`, because they
@@ -606,6 +611,32 @@ private struct Reader {
                 problem("\(path)[\(i)]", "\(JSONText.quoted(name)) is set by the gateway itself and cannot be forwarded")
             } else {
                 headers.append(lower)
+            }
+        }
+    }
+
+    /// `log.redact_query`: parameter names, matched case-insensitively.
+    mutating func decodeRedactQuery(_ node: Node, _ path: String, _ names: inout [String]) {
+        guard let list = stringList(node, path) else { return }
+        var accepted: [String] = []
+        for (i, name) in list.enumerated() {
+            if name.isEmpty || name.contains(where: { "&=#? ".contains($0) }) {
+                problem("\(path)[\(i)]", "invalid query parameter name \(JSONText.quoted(name))")
+            } else {
+                accepted.append(name)
+            }
+        }
+        names = accepted
+    }
+
+    /// `trusted_proxies`: addresses (`10.0.0.7`) or networks (`10.0.0.0/8`, `fd00::/8`).
+    mutating func decodeTrustedProxies(_ node: Node, _ path: String, _ networks: inout [IPNetwork]) {
+        guard let list = stringList(node, path) else { return }
+        for (i, text) in list.enumerated() {
+            if let network = IPNetwork(text) {
+                networks.append(network)
+            } else {
+                problem("\(path)[\(i)]", "not an IP address or CIDR network: \(JSONText.quoted(text))")
             }
         }
     }

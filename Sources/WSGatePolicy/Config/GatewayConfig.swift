@@ -27,6 +27,12 @@ public struct GatewayConfig: Sendable, Equatable {
         public var maxMessageBytes = 1_048_576
         public var handshakeTimeoutMs = 5_000
         public var idleTimeoutMs = 0
+        /// The whole upgrade request head (request line and headers); over
+        /// it the client gets 431.
+        public var maxHeaderBytes = 16_384
+        /// Connections accepted but not yet upgraded or rejected; over it a
+        /// new connection is closed at once (and counted).
+        public var maxPendingHandshakes = 1_000
     }
 
     public struct Timeouts: Sendable, Equatable {
@@ -52,6 +58,11 @@ public struct GatewayConfig: Sendable, Equatable {
     public struct Log: Sendable, Equatable {
         public var format: LogFormat = .json
         public var level: LogLevel = .info
+        /// Query parameters whose values are logged as `REDACTED`.
+        public var redactQuery: [String] = QueryRedaction.defaultNames
+        /// Log lines waiting for a slow stdout, in bytes; past it lines are
+        /// dropped and counted.
+        public var bufferBytes = 4 << 20
     }
 
     public var listen = Listen()
@@ -61,6 +72,9 @@ public struct GatewayConfig: Sendable, Equatable {
     public var shutdown = Shutdown()
     public var log = Log()
     public var routes: [Route] = []
+    /// Peers whose `X-Forwarded-For` is believed and appended to; from any
+    /// other peer the header is replaced by the peer's own address.
+    public var trustedProxies: [IPNetwork] = []
     /// Per-cause overrides of the default close codes.
     public var closeCodes: [CloseCause: UInt16] = [:]
 
