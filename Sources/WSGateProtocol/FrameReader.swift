@@ -48,6 +48,18 @@ public struct FrameReader {
         }
     }
 
+    /// The frame at the front when only part of it has arrived: its header
+    /// and the payload bytes so far (as received). Nil when no header is
+    /// complete yet, or when the front frame is complete.
+    public func partialFrame() -> (header: FrameHeader, arrived: ByteBuffer)? {
+        guard let buffer, buffer.readableBytes >= 2,
+            let header = buffer.withUnsafeReadableBytes({ FrameHeader.parse($0) })
+        else { return nil }
+        let arrived = buffer.readableBytes - header.headerLength
+        guard arrived > 0, UInt64(arrived) < header.payloadLength else { return nil }
+        return (header, buffer.getSlice(at: buffer.readerIndex + header.headerLength, length: arrived)!)
+    }
+
     /// The next complete frame, consumed from the buffer.
     public mutating func next() -> FrameReadResult {
         guard let available = buffer?.readableBytes, available >= 2 else { return .needMoreBytes }

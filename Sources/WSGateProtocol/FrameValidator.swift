@@ -33,6 +33,10 @@ public struct FrameValidator {
     private var messageOpcode: UInt8? = nil
     private var messageBytes = 0
     private var utf8 = UTF8Validator()
+    /// Fail-fast UTF-8 for a text frame still arriving: how many of its
+    /// payload bytes `partialUTF8` has seen.
+    private var partialChecked = 0
+    private var partialUTF8 = UTF8Validator()
 
     public init(role: Role, maxMessageBytes: Int) {
         self.role = role
@@ -45,6 +49,7 @@ public struct FrameValidator {
     /// Validates one complete frame. Control payloads are unmasked in place;
     /// data payloads are left masked (text is UTF-8-checked through the mask).
     public mutating func validate(_ header: FrameHeader, payload: inout ByteBuffer) -> Result<InboundFrame, FrameViolation> {
+        partialChecked = 0
         if header.hasReservedBits {
             return .failure(.protocolError("reserved bits set without a negotiated extension"))
         }
@@ -92,6 +97,36 @@ public struct FrameValidator {
             if !ok || (header.fin && !utf8.isComplete) { return .failure(.invalidUTF8) }
         }
         return .success(.data)
+    }
+
+    /// Checks the bytes of a text frame that has only partly arrived, so that
+    /// invalid UTF-8 is refused when it arrives, not once the whole frame
+    /// (up to `max_message_bytes`) is in. Each byte is checked once: the
+    /// state carries over between calls for the same frame, and `validate`
+    /// checks the complete frame from its start as usual. False: the bytes
+    /// so far can no longer be valid UTF-8 (close 1007).
+    public mutating func checkPartial(_ header: FrameHeader, arrived: ByteBuffer) -> Bool {
+        let isText: Bool
+        switch header.opcodeBits {
+        case 0x1: isText = messageOpcode == nil
+        case 0x0: isText = messageOpcode == 0x1
+        default: isText = false
+        }
+        guard isText, !header.hasReservedBits, (header.maskKey != nil) == (role == .fromClient) else { return true }
+        if partialChecked == 0 || partialChecked > arrived.readableBytes {
+            partialUTF8 = header.opcodeBits == 0x1 ? UTF8Validator() : utf8
+            partialChecked = 0
+        }
+        guard arrived.readableBytes > partialChecked else { return true }
+        // The key position of the first new byte is its offset in the payload.
+        var key = header.maskKey ?? 0
+        let shift = UInt32((partialChecked & 3) * 8)
+        if shift != 0 { key = (key >> shift) | (key << (32 - shift)) }
+        let from = partialChecked
+        partialChecked = arrived.readableBytes
+        return arrived.withUnsafeReadableBytes { bytes in
+            partialUTF8.feed(UnsafeRawBufferPointer(rebasing: bytes[from...]), maskKey: key)
+        }
     }
 
     /// Parses an (unmasked) close payload: empty, or a valid code plus a UTF-8 reason.

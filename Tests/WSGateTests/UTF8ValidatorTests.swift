@@ -96,6 +96,52 @@ struct UTF8ValidatorTests {
             #expect(Array(buffer.readableBytesView) == bytes)
         }
     }
+    /// Fail-fast inside a frame: `checkPartial` over arrived prefixes of a
+    /// masked text frame, cut at random points (so at every key position),
+    /// agrees with the whole-frame verdict: never false for valid text, and
+    /// false by the time the first invalid byte has arrived.
+    @Test func partialFramesFailFastAndAgreeWithWholeFrames() {
+        var rng = SeededRandom(test: "UTF8ValidatorTests.partialFramesFailFastAndAgreeWithWholeFrames")
+        let pieces: [[UInt8]] = [[0x41], [0xC3, 0xA9], [0xE2, 0x82, 0xAC], [0xF0, 0x9F, 0x98, 0x80], [0xFF], [0xC0, 0x80], [0xED, 0xA0, 0x80]]
+        for _ in 0..<1000 {
+            var text: [UInt8] = []
+            for _ in 0..<Int.random(in: 1...20, using: &rng) {
+                text += pieces.randomElement(using: &rng)!
+                text += Array(repeating: 0x62, count: Int.random(in: 0...11, using: &rng))
+            }
+            // The first byte at which no valid continuation exists.
+            var probe = UTF8Validator()
+            var firstBad: Int? = nil
+            for (i, b) in text.enumerated() where !probe.feed([b]) {
+                firstBad = i
+                break
+            }
+            let key = UInt32.random(in: 0...UInt32.max, using: &rng)
+            let masked = text.enumerated().map { i, b in b ^ UInt8(truncatingIfNeeded: key >> UInt32((i & 3) * 8)) }
+            let header = FrameHeader(firstByte: 0x81, maskKey: key, headerLength: 6, payloadLength: UInt64(text.count + 1))
+            var validator = FrameValidator(role: .fromClient, maxMessageBytes: 1 << 20)
+            var arrived = 0
+            var refusedAt: Int? = nil
+            var before = 0  // what had arrived at the check before the refusal
+            while arrived < text.count {
+                before = arrived
+                arrived = min(text.count, arrived + Int.random(in: 1...7, using: &rng))
+                let buffer = ByteBuffer(bytes: masked[..<arrived])
+                if !validator.checkPartial(header, arrived: buffer) {
+                    refusedAt = arrived
+                    break
+                }
+            }
+            if let firstBad {
+                // Refused by the first check that saw the bad byte.
+                #expect(refusedAt != nil && before <= firstBad && refusedAt! > firstBad,
+                        "\(text): bad at \(firstBad), refused at \(String(describing: refusedAt))")
+            } else {
+                #expect(refusedAt == nil, "\(text) refused at \(refusedAt!)")
+            }
+        }
+    }
+
 }
 
 /// The validator takes a parsed header and a payload; these tests describe

@@ -234,3 +234,50 @@ routes:
     assert "routes[0].tls: only applies to wss:// and https:// upstreams" in out
     assert "routes[1].tls.ca_file:" in out
     assert "routes[1].tls.insecure_skip_verify: expected true or false" in out
+
+
+def test_client_that_never_sends_close_notify_is_dropped_after_close_handshake_ms(pki, tmp_path):
+    """A wss:// client that finishes the WebSocket close handshake but never
+    answers the gateway's TLS close_notify (and keeps its TCP open) held the
+    connection, and its close line, for NIOSSL's default 5 s. The TLS close
+    is bounded by close_handshake_ms like every other close path."""
+    import base64
+    import os
+    import socket
+    import struct
+    import time
+
+    timeouts = dict(FIXTURE_TIMEOUTS, close_handshake_ms=300)
+    gw = Gateway({
+        "listen": {"host": "127.0.0.1", "port": 0, "tls": {"certificate": pki["cert"], "private_key": pki["key"]}},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "timeouts": timeouts,
+        "routes": [{"path": "/echo", "upstream": "builtin:echo"}],
+    }, tmp_path, "tls-notify")
+    try:
+        ctx = ssl.create_default_context(cafile=pki["ca"])
+        raw = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        s = ctx.wrap_socket(raw, server_hostname="localhost")
+        addr = "%s:%d" % s.getsockname()[:2]
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall(f"GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1)
+        assert head.startswith(b"HTTP/1.1 101")
+        mask = os.urandom(4)
+        payload = struct.pack("!H", 1000)
+        s.sendall(bytes([0x88, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        echo = s.recv(2 + len(payload))
+        assert echo[0] == 0x88, echo
+        started = time.monotonic()
+        # Now: no close_notify, no FIN; the socket just stays open.
+        ev = gw.wait_event(addr, "websocket_close", timeout=20)
+        waited = time.monotonic() - started
+        assert ev["cause"] == "client_closed" and ev["code"] == 1000
+        # A bound, with room: 5 s would be NIOSSL's own default.
+        assert waited < 3.5, f"the close line waited {waited:.1f} s for the client's close_notify"
+        raw.close()
+    finally:
+        gw.check_finish()

@@ -480,3 +480,21 @@ def test_drain_does_not_wait_for_slow_http_requests(make_gateway, upstreams):
         s.close()
     finally:
         backend.stop()
+
+
+def test_invalid_utf8_is_refused_before_the_rest_of_its_frame(make_gateway):
+    """A text frame that declares 64 KiB and whose first byte is 0xFF: the
+    build before waited for the other 65,535 bytes before it could say 1007.
+    Now the close comes while the frame is still arriving."""
+    gw = make_gateway()
+    s = raw_upgrade(gw.port, "/echo")
+    key = os.urandom(4)
+    head = bytes([0x81, 0x80 | 126]) + struct.pack("!H", 65536 - 1) + key
+    s.sendall(head + bytes([0xFF ^ key[0], ord("a") ^ key[1]]))
+    s.settimeout(10)
+    frame = s.recv(4)  # the rest of the frame is never sent
+    assert frame[:1] == b"\x88", f"expected a close frame, got {frame!r}"
+    assert struct.unpack("!H", frame[2:4])[0] == 1007
+    s.close()
+    ev = gw.wait_for(lambda l: l.get("event") == "websocket_close" and l.get("cause") == "client_invalid_utf8")
+    assert ev["code"] == 1007

@@ -92,6 +92,7 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
             switch reader.next() {
             case .needMoreBytes:
                 batch.send(to: delegate)
+                failFastOnPartialText()
                 return
             case .framingError(let violation):
                 // Nothing after this frame can be parsed: stop reading frames.
@@ -139,6 +140,7 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
             switch reader.next() {
             case .needMoreBytes:
                 run.send(from: source, to: delegate)
+                failFastOnPartialText()
                 return
             case .framingError(let violation):
                 inputDone = true
@@ -174,6 +176,17 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         run.send(from: source, to: delegate)
+    }
+
+    /// Invalid UTF-8 in a text frame that is still arriving ends the input
+    /// now: the peer is not left to send (and the gateway to hold) the rest
+    /// of a frame that can only be refused.
+    private func failFastOnPartialText() {
+        guard !closeFrameSent, let (header, arrived) = reader.partialFrame(),
+            !validator.checkPartial(header, arrived: arrived)
+        else { return }
+        inputDone = true
+        delegate.legViolation(.invalidUTF8, framingBroken: true)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

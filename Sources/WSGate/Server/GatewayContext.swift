@@ -44,7 +44,7 @@ final class GatewayContext: AdminStatus {
         let metrics = GatewayMetrics(routes: config.routes)
         self.environment = SessionEnvironment(
             policy: ClosePolicy(config: config), settings: settings, eventLog: eventLog, logger: logger, metrics: metrics)
-        self.serverTLS = try config.listen.tls.map(ServerTLS.context)
+        self.serverTLS = try config.listen.tls.map { try ServerTLS.context($0, shutdownTimeout: settings.closeHandshake) }
         self.upstreams = try UpstreamResources(
             config: config, settings: settings, logger: logger, httpRequestTimer: metrics.httpRequest, group: group)
     }

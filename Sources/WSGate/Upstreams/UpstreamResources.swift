@@ -27,7 +27,7 @@ final class UpstreamResources: Sendable {
         var tls: [String: NIOSSLContext] = [:]
         for route in config.routes {
             if case .webSocket(let url) = route.upstream, url.isTLS {
-                tls[route.path] = try UpstreamTLSContext.clientContext(route.tls)
+                tls[route.path] = try UpstreamTLSContext.clientContext(route.tls, shutdownTimeout: settings.closeHandshake)
             }
         }
         self.tls = tls

@@ -1,3 +1,4 @@
+import NIOCore
 import NIOSSL
 import WSGatePolicy
 
@@ -5,9 +6,12 @@ import WSGatePolicy
 enum UpstreamTLSContext {
     /// The client context for a `wss://` route: the system trust store unless
     /// `ca_file` is set; full verification unless `insecure_skip_verify`.
-    static func clientContext(_ tls: Route.UpstreamTLS?) throws -> NIOSSLContext {
+    /// An upstream that never answers our TLS `close_notify` is dropped
+    /// after `shutdownTimeout` (`close_handshake_ms`).
+    static func clientContext(_ tls: Route.UpstreamTLS?, shutdownTimeout: TimeAmount) throws -> NIOSSLContext {
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.minimumTLSVersion = .tlsv12
+        configuration.shutdownTimeout = shutdownTimeout
         if let caFile = tls?.caFile {
             configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile))
         }
