@@ -83,6 +83,8 @@ class TLSUpstreams:
 
     async def _start(self, ctx):
         async def echo(ws):
+            if ws.request.path == "/host":
+                await ws.send(ws.request.headers.get("Host", ""))
             async for m in ws:
                 await ws.send(m)
         self.wss = await ws_serve(echo, "127.0.0.1", 0, ssl=ctx)
@@ -126,6 +128,10 @@ def tgw(pki, tls_upstreams, tmp_path_factory):
             {"path": "/wss-ok", "upstream": f"wss://localhost:{w}/", "tls": {"ca_file": pki["ca"]}},
             {"path": "/wss-untrusted", "upstream": f"wss://localhost:{w}/"},
             {"path": "/wss-insecure", "upstream": f"wss://localhost:{w}/", "tls": {"insecure_skip_verify": True}},
+            {"path": "/wss-name-host", "upstream": f"wss://127.0.0.1:{w}/host",
+             "tls": {"ca_file": pki["ca"], "server_name": "localhost"}},
+            {"path": "/https-hooks", "upstream": f"https://localhost:{h}/x", "tls": {"ca_file": pki["ca"]},
+             "http": {"connect_url": f"https://localhost:{h}/connect"}},
             {"path": "/wss-name", "upstream": f"wss://127.0.0.1:{w}/",
              "tls": {"ca_file": pki["ca"], "server_name": "localhost"}},
             {"path": "/wss-wrong-name", "upstream": f"wss://127.0.0.1:{w}/",
@@ -281,3 +287,29 @@ def test_client_that_never_sends_close_notify_is_dropped_after_close_handshake_m
         raw.close()
     finally:
         gw.check_finish()
+
+
+def test_wss_upstream_with_server_name_gets_that_host(tgw, tls_upstreams):
+    """`tls.server_name` names the upstream for SNI and the certificate, and
+    so for its virtual host: the handshake's Host is that name."""
+    async def main():
+        async with client(tgw, "/wss-name-host") as ws:
+            return await asyncio.wait_for(ws.recv(), 10), addr_of(ws)
+
+    host, addr = run(main())
+    assert host == f"localhost:{tls_upstreams.wss_port}"
+    tgw.close_event(addr)
+
+
+def test_hooks_trust_what_their_route_trusts(tgw):
+    """An https:// connect_url of a route with `tls.ca_file` is verified
+    against that CA (before, hooks used the system store only and failed)."""
+    async def main():
+        async with client(tgw, "/https-hooks") as ws:
+            await ws.send("via hooks")
+            return await asyncio.wait_for(ws.recv(), 10), addr_of(ws)
+
+    reply, addr = run(main())
+    assert reply == "via hooks"
+    ev = tgw.close_event(addr)
+    assert ev["cause"] == "client_closed", ev

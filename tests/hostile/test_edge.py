@@ -274,3 +274,38 @@ def test_a_stalled_stdout_does_not_stop_the_gateway(tmp_path, upstreams):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+# --------------------------------------------------------------------------
+# the admin listener
+
+
+def test_admin_listener_connections_are_capped(make_gateway):
+    """128 sockets that connect to the admin listener and say nothing: the
+    next one is closed unread, and /healthz answers again once they go."""
+    import urllib.request
+
+    gw = make_gateway()
+    admin = gw.wait_for(lambda l: l.get("event") == "admin_listening")["port"]
+    idle = [socket.create_connection(("127.0.0.1", admin), timeout=10) for _ in range(128)]
+    time.sleep(0.5)  # let the listener accept them all
+    extra = socket.create_connection(("127.0.0.1", admin), timeout=10)
+    try:
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = extra.recv(100)
+    except ConnectionResetError:
+        answer = b""
+    extra.close()
+    assert answer == b"", f"connection 129 was served: {answer!r}"
+    for s in idle:
+        s.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=5) as r:
+                assert r.status == 200
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -16,12 +16,21 @@ protocol AdminStatus: Sendable {
 /// `GET /healthz` (200 while the process runs), `GET /readyz` (200 while
 /// accepting, 503 while draining), `GET /metrics` (Prometheus text format).
 /// Control plane only: plain NIO HTTP/1.1, one small response per request.
+///
+/// Bounded like the client listener, on a smaller scale: at most
+/// `maxConnections` at once (more are closed unread), and a connection that
+/// sends nothing for `idleTimeout` is closed. Request heads are bounded by
+/// NIO's HTTP parser (about 80 KiB).
 final class AdminServer: Sendable {
+    static let maxConnections = 128
+    static let idleTimeout = TimeAmount.seconds(30)
+
     private let status: AdminStatus
     private let host: String
     private let port: Int
     private let logger: Logger
     private let channel = NIOLockedValueBox<Channel?>(nil)
+    private let open = NIOLockedValueBox(0)
 
     init(status: AdminStatus, host: String, port: Int, logger: Logger) {
         self.status = status
@@ -32,10 +41,22 @@ final class AdminServer: Sendable {
 
     func start(group: EventLoopGroup) async throws -> Int {
         let status = self.status
+        let open = self.open
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    let admitted = open.withLockedValue { n -> Bool in
+                        guard n < Self.maxConnections else { return false }
+                        n += 1
+                        return true
+                    }
+                    guard admitted else {
+                        channel.close(promise: nil)
+                        return
+                    }
+                    channel.closeFuture.whenComplete { _ in open.withLockedValue { $0 -= 1 } }
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: Self.idleTimeout))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(AdminHandler(status: status))
                 }
@@ -64,6 +85,21 @@ private final class AdminHandler: ChannelInboundHandler {
 
     init(status: AdminStatus) {
         self.gateway = status
+    }
+
+    /// Idle for `AdminServer.idleTimeout`: closed.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    /// A malformed or oversized request: nothing sensible to answer on a
+    /// control-plane connection; it is closed.
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -78,9 +78,15 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
             url: url, method: route.http.method, headers: headers, body: body,
             connectTimeoutMs: timeouts.connectMs, totalTimeoutMs: timeouts.requestMs,
             maxResponseBytes: settings.maxMessageBytes)
-        if url == urlString {  // the route's upstream (hooks use plain settings)
+        if url == urlString {  // the route's upstream
             request.tls = route.tls
             request.connectTo = connectTo
+        } else if let tls = route.tls {
+            // Hooks trust what the route trusts; `server_name` names the
+            // upstream, not the hook's host.
+            var hookTLS = tls
+            hookTLS.serverName = nil
+            request.tls = hookTLS
         }
         return request
     }

@@ -55,7 +55,11 @@ struct UpstreamFactory {
     /// `ForwardedFor`) and the connection id for correlation.
     static func upstreamHeaders(for head: HTTPRequestHead, url: URLParts, route: Route, connectionID: String, forwardedFor: String) -> HTTPHeaders {
         var headers = HTTPHeaders()
-        headers.add(name: "Host", value: url.hostHeader)
+        // With `tls.server_name` the upstream is addressed by that name (SNI,
+        // certificate) and so is its virtual host.
+        var named = url
+        if url.isTLS, let serverName = route.tls?.serverName { named.host = serverName }
+        headers.add(name: "Host", value: named.hostHeader)
         let offered = offeredProtocols(head.headers)
         if !offered.isEmpty { headers.add(name: "Sec-WebSocket-Protocol", value: offered.joined(separator: ", ")) }
         for name in route.forwardHeaders {

@@ -73,6 +73,9 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
         ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.upstreamConnect)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+            // An upstream host that vanishes without a FIN is found by the
+            // kernel, as a vanished client is.
+            .channelOption(ChannelOptions.socketOption(.so_keepalive), value: 1)
             .channelOption(ChannelOptions.recvAllocator, value: SessionSettings.receiveBuffers)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
