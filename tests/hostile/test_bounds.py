@@ -498,3 +498,37 @@ def test_invalid_utf8_is_refused_before_the_rest_of_its_frame(make_gateway):
     s.close()
     ev = gw.wait_for(lambda l: l.get("event") == "websocket_close" and l.get("cause") == "client_invalid_utf8")
     assert ev["code"] == 1007
+
+
+def test_a_full_request_queue_closes_with_1013_instead_of_waiting(make_gateway, upstreams):
+    """libcurl's queue is bounded per worker (512 running, 4,096 waiting).
+    300 clients × 32 messages to a backend that holds every request: more
+    than both workers can take. The build before queued them all without
+    bound. Now the requests that do not fit fail at once and their clients
+    are closed 1013 (overloaded); the rest wait, and nobody's memory grows
+    without bound."""
+    backend = CountingBackend(delay=60)
+    try:
+        gw = http_route_gateway(make_gateway, upstreams, backend, size=10)
+        base = rss_kib(gw.pid)
+        socks = [raw_upgrade(gw.port, "/h") for _ in range(300)]
+        for s in socks:
+            s.sendall(b"".join(masked(0x2, b"m") for _ in range(32)))
+        overloaded = gw.wait_for(
+            lambda l: l.get("event") == "websocket_close" and l.get("cause") == "overloaded", timeout=30)
+        assert overloaded["code"] == 1013
+        assert "queue full" in (overloaded["error"] or "")
+        grown = rss_kib(gw.pid) - base
+        assert grown < 128 * 1024, f"RSS grew by {grown} KiB"
+        # At most 2 workers × 512 requests reached the backend.
+        assert backend.peak <= 2 * 512, backend.peak
+        for s in socks:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        deadline = time.monotonic() + 20
+        while backend.current > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert backend.current == 0, "requests of gone clients are still running"
+        echo_works(gw)
+    finally:
+        backend.stop()

@@ -309,3 +309,66 @@ def test_admin_listener_connections_are_capped(make_gateway):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------
+# early data: bytes sent after the upgrade request, before the 101
+
+
+def test_a_flood_before_the_101_is_cut_at_64_kib_and_closed_1009(make_gateway, upstreams):
+    """A client must wait for the 101 before it sends frames (RFC 6455
+    §4.1). One that sends 1 MB at once while its upstream takes a second to
+    answer: what the gateway read of it past 64 KiB is discarded, not kept,
+    and the client learns why right after its 101 (1009, cause
+    client_message_too_big)."""
+    import threading
+
+    from blackbox_conftest import rawws
+
+    async def slow_upstream(reader, writer):
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        await asyncio.sleep(1.0)
+        key = rawws.parse_headers(head).get("sec-websocket-key", "")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     + f"Sec-WebSocket-Accept: {rawws.accept_for(key)}\r\n\r\n".encode())
+        await writer.drain()
+        try:
+            await asyncio.wait_for(reader.read(), 20)
+        except Exception:
+            pass
+        writer.close()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(asyncio.start_server(slow_upstream, "127.0.0.1", 0), loop).result(10)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        from blackbox_conftest import FIXTURE_TIMEOUTS, base_config
+        gw = make_gateway(routes=base_config(upstreams)["routes"] + [
+            {"path": "/slow101", "upstream": f"ws://127.0.0.1:{port}/x"}],
+            # This upstream never answers the close it is sent.
+            timeouts=dict(FIXTURE_TIMEOUTS, close_handshake_ms=500))
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        key = os.urandom(4)
+        frame = bytes([0x82, 0x80 | 126]) + struct.pack("!H", 60000) + key + bytes(60000)  # masked zeros = key bytes
+        s.sendall(handshake_bytes("/slow101") + frame * 17)
+        data = b""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+            if b"\r\n\r\n" in data and len(data.split(b"\r\n\r\n", 1)[1]) >= 4:
+                break
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert rest[:1] == b"\x88" and struct.unpack("!H", rest[2:4])[0] == 1009, rest[:16]
+        s.close()
+        ev = gw.wait_for(lambda l: l.get("event") == "websocket_close" and l.get("route") == "/slow101")
+        assert (ev["cause"], ev["code"]) == ("client_message_too_big", 1009)
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
