@@ -372,3 +372,63 @@ def test_a_flood_before_the_101_is_cut_at_64_kib_and_closed_1009(make_gateway, u
         loop.call_soon_threadsafe(server.close)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+def test_an_upstream_that_breaks_the_protocol_is_not_waited_for(make_gateway, upstreams):
+    """An upstream sends a reserved opcode: RFC 6455 §7.1.7, the gateway
+    fails that connection (close 1002 to the upstream, then its TCP goes)
+    instead of waiting close_handshake_ms for a reply it would not read. The
+    client hears 1014 and the line is written at once."""
+    import threading
+
+    from blackbox_conftest import FIXTURE_TIMEOUTS, base_config, rawws
+
+    got = {}
+
+    async def breaker(reader, writer):
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        key = rawws.parse_headers(head).get("sec-websocket-key", "")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     + f"Sec-WebSocket-Accept: {rawws.accept_for(key)}\r\n\r\n".encode())
+        writer.write(bytes([0x83, 0]))  # reserved opcode 3
+        await writer.drain()
+        try:
+            got["bytes"] = await asyncio.wait_for(reader.read(), 30)  # never answers; reads until EOF
+        except Exception as e:
+            got["error"] = repr(e)
+        writer.close()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(asyncio.start_server(breaker, "127.0.0.1", 0), loop).result(10)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        gw = make_gateway(routes=base_config(upstreams)["routes"] + [
+            {"path": "/breaker", "upstream": f"ws://127.0.0.1:{port}/x"}],
+            timeouts=dict(FIXTURE_TIMEOUTS, close_handshake_ms=20000))
+
+        async def main():
+            async with client(gw, "/breaker") as ws:
+                try:
+                    await asyncio.wait_for(ws.recv(), 10)
+                except websockets.ConnectionClosed:
+                    pass
+                return addr_of(ws), ws.protocol.close_rcvd
+
+        started = time.monotonic()
+        addr, rcvd = run(main())
+        assert rcvd is not None and rcvd.code == 1014
+        ev = gw.close_event(addr)
+        waited = time.monotonic() - started
+        assert ev["cause"] == "upstream_protocol_error"
+        assert waited < 10, f"the close line waited {waited:.1f} s (close_handshake_ms is 20 s)"
+        deadline = time.monotonic() + 10
+        while "bytes" not in got and "error" not in got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        data = got.get("bytes", b"")
+        assert data[:1] == b"\x88" and struct.unpack("!H", rawws.apply_mask(data[6:8], data[2:6]))[0] == 1002, data[:16]
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

@@ -305,8 +305,10 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
         state = .closing(channel)
         let (code, detail) = ViolationPolicy.upstreamClose(violation)
         handler?.sendClose(code: code, reason: "") { _ in
-            // The server's stream can't be parsed anymore: don't wait for its reply.
-            if framingBroken { channel.close(promise: nil) }
+            // RFC 6455 §7.1.7, failing the connection: the close frame says
+            // why, then the TCP connection goes. Nothing more is read from a
+            // server that broke the protocol, so its reply is not awaited.
+            channel.close(promise: nil)
         }
         delegate?.upstreamEvent(.closeSent(code: code, reason: ""))
         startCloseTimer(channel)
