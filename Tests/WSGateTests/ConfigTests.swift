@@ -96,7 +96,7 @@ struct ConfigTests {
         #expect(p.contains("routes[1].upstream: unsupported scheme \"ftp\""))
         #expect(p.contains("routes[2].path: must start with /"))
         #expect(p.contains { $0.hasPrefix("routes[2].upstrem: unknown key") })
-        #expect(p.contains("routes[2].upstream: required key is missing"))
+        #expect(p.contains("routes[2].upstream: required key is missing (or give upstreams)"))
         #expect(p.contains { $0.hasPrefix("close_codes.upstream_reset: 1005 is not allowed") })
         #expect(p.contains { $0.hasPrefix("close_codes.client_closed: cannot be overridden") })
         #expect(p.contains("close_codes.bogus: unknown cause"))

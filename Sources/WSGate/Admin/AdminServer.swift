@@ -10,11 +10,14 @@ protocol AdminStatus: Sendable {
     var isDraining: Bool { get }
     /// The Prometheus text for `/metrics`.
     func metricsText() -> String
+    /// `GET /upstreams`: every route's targets, health, ejection, load.
+    func upstreamsJSON() -> String
 }
 
 /// The admin listener (`admin.host:admin.port`, loopback by default):
 /// `GET /healthz` (200 while the process runs), `GET /readyz` (200 while
-/// accepting, 503 while draining), `GET /metrics` (Prometheus text format).
+/// accepting, 503 while draining), `GET /metrics` (Prometheus text format),
+/// `GET /upstreams` (the pools' targets, JSON).
 /// Control plane only: plain NIO HTTP/1.1, one small response per request.
 ///
 /// Bounded like the client listener, on a smaller scale: at most
@@ -136,7 +139,11 @@ private final class AdminHandler: ChannelInboundHandler {
             status = .ok
             contentType = "text/plain; version=0.0.4; charset=utf-8"
             body = gateway.metricsText()
-        case (_, "/healthz"), (_, "/readyz"), (_, "/metrics"):
+        case (.GET, "/upstreams"):
+            status = .ok
+            contentType = "application/json"
+            body = gateway.upstreamsJSON() + "\n"
+        case (_, "/healthz"), (_, "/readyz"), (_, "/metrics"), (_, "/upstreams"):
             status = .methodNotAllowed
             body = "method not allowed\n"
         default:

@@ -356,6 +356,17 @@ private final class Transfer {
     /// transfer's values: each one is overwritten here).
     func configure(_ h: UnsafeMutableRawPointer) {
         request.url.withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_URL, $0) }  // copied by libcurl
+        wsgate_curl_easy_setopt_ptr(h, CURLOPT_CONNECT_TO, nil)  // a previous transfer's may be set
+        if request.method == "GET" {
+            // Health checks: a plain GET, no body (POSTFIELDS of the next
+            // transfer on this handle switches it back to POST).
+            wsgate_curl_easy_setopt_ptr(h, CURLOPT_CUSTOMREQUEST, nil)
+            wsgate_curl_easy_setopt_long(h, CURLOPT_HTTPGET, 1)
+            wsgate_curl_easy_setopt_ptr(h, CURLOPT_HTTPHEADER, request.headers.list)
+            wsgate_curl_easy_setopt_ptr(h, CURLOPT_WRITEDATA, Unmanaged.passUnretained(self).toOpaque())
+            configureTLSAndAddress(h)
+            return
+        }
         if request.method == "POST" {
             wsgate_curl_easy_setopt_ptr(h, CURLOPT_CUSTOMREQUEST, nil)  // POSTFIELDS implies POST
         } else {
@@ -377,6 +388,10 @@ private final class Transfer {
         wsgate_curl_easy_setopt_off_t(h, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(length))
         wsgate_curl_easy_setopt_ptr(h, CURLOPT_HTTPHEADER, request.headers.list)
         wsgate_curl_easy_setopt_ptr(h, CURLOPT_WRITEDATA, Unmanaged.passUnretained(self).toOpaque())
+        configureTLSAndAddress(h)
+    }
+
+    private func configureTLSAndAddress(_ h: UnsafeMutableRawPointer) {
         if let tls = request.tls {
             if let caFile = tls.caFile {
                 caFile.withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_CAINFO, $0) }
@@ -404,9 +419,14 @@ private final class Transfer {
             return { promise.succeed(response) }
         }
         let detail = errorBuffer.pointee != 0 ? String(cString: errorBuffer) : String(cString: curl_easy_strerror(code))
-        let failure = oversized
+        var failure = oversized
             ? CurlFailure(cause: .upstreamProtocolError, message: "response body over \(request.maxResponseBytes) bytes", curlCode: Int32(code.rawValue))
             : CurlFailure(cause: CurlErrorClassifier.cause(code), message: detail, curlCode: Int32(code.rawValue))
+        // CURLINFO_REQUEST_SIZE: bytes of request sent; 0 means the upstream
+        // cannot have seen it.
+        var sent = 0
+        wsgate_curl_easy_getinfo_long(handle, CURLINFO_REQUEST_SIZE, &sent)
+        failure.notSent = sent == 0 && !oversized
         return { promise.fail(failure) }
     }
 }

@@ -58,6 +58,10 @@ struct CurlFailure: Error, Sendable {
     /// libcurl's message (`Failed to connect to 127.0.0.1 port 9: Connection refused`).
     var message: String
     var curlCode: Int32
+    /// Not a byte of the request reached the upstream (connect refused or
+    /// timed out, TLS failed): another target may be tried without the
+    /// request being repeated.
+    var notSent = false
 }
 
 /// The media type of a `Content-Type` header, which decides whether an HTTP

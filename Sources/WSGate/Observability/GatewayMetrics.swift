@@ -95,6 +95,45 @@ final class GatewayMetrics: Sendable {
         return String(event.code)
     }
 
+    // MARK: Pools (labels from the config and DNS answers, never from clients)
+
+    private let poolCounters = NIOLockedValueBox<[String: CoreMetrics.Counter]>([:])
+    private let poolGauges = NIOLockedValueBox<[String: CoreMetrics.Meter]>([:])
+
+    /// `wsgate_upstream_attempts_total{route,target,result}`: `result` is
+    /// `ok` or the failure's cause.
+    func upstreamAttempt(route: String, target: String, result: String) {
+        let key = "\(route)|\(target)|\(result)"
+        let counter = poolCounters.withLockedValue { counters -> CoreMetrics.Counter in
+            if let c = counters[key] { return c }
+            let c = CoreMetrics.Counter(
+                label: "wsgate_upstream_attempts_total",
+                dimensions: [("route", route), ("target", target), ("result", result)], factory: factory)
+            counters[key] = c
+            return c
+        }
+        counter.increment()
+    }
+
+    /// `wsgate_upstream_healthy{route,target}`: 1 while the target takes new
+    /// connections (healthy and not ejected), else 0.
+    func upstreamHealthy(route: String, target: String, _ healthy: Bool) {
+        let key = "\(route)|\(target)"
+        let gauge = poolGauges.withLockedValue { gauges -> CoreMetrics.Meter in
+            if let g = gauges[key] { return g }
+            let g = CoreMetrics.Meter(label: "wsgate_upstream_healthy", dimensions: [("route", route), ("target", target)], factory: factory)
+            gauges[key] = g
+            return g
+        }
+        gauge.set(healthy ? 1 : 0)
+    }
+
+    /// A target DNS no longer lists: its gauge goes (its counters stay, as
+    /// counters do).
+    func upstreamRemoved(route: String, target: String) {
+        poolGauges.withLockedValue { $0.removeValue(forKey: "\(route)|\(target)") }?.destroy()
+    }
+
     /// The Prometheus text exposition of every metric.
     func render() -> String {
         var bytes: [UInt8] = []

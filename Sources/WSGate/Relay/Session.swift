@@ -311,7 +311,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
                 method: "GET", path: route.path, clientAddress: clientAddress, route: route.path, error: error))
         case .closed(let outcome):
             let duration = (NIODeadline.now() - startedAt).nanoseconds / 1_000_000
-            let event = CloseEvent(
+            var event = CloseEvent(
                 timestamp: Timestamp.nowMilliseconds(), connectionID: id, route: route.path, upstream: upstreamLabel,
                 clientAddress: clientAddress, code: outcome.code, reason: outcome.reason, wasClean: outcome.wasClean,
                 initiator: outcome.cause.initiator, cause: outcome.cause, upstreamCode: outcome.upstreamCode,
@@ -319,6 +319,12 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
                 error: outcome.error.map(environment.eventLog.redaction.redact),
                 durationMs: duration, messagesIn: messagesIn, messagesOut: messagesOut, bytesIn: bytesIn, bytesOut: bytesOut,
                 target: connectAttempts > 0 ? upstreamTarget : nil, attempts: upstreamTarget == nil ? nil : connectAttempts)
+            if let report = upstream?.dialled {
+                // A pool: the target chosen last and every attempt.
+                event.target = report.target
+                event.attempts = report.attempts
+                if let url = report.url { event.upstream = environment.eventLog.redaction.redact(url.description) }
+            }
             environment.eventLog.closed(event)
             reportTraffic()
             environment.metrics.connectionClosed(event)

@@ -45,10 +45,26 @@ protocol UpstreamLeg: AnyObject {
 
     /// The connection's close event has been logged (hooks, e.g. `disconnect_url`).
     func connectionFinished(_ event: CloseEvent)
+
+    /// Which pool target was dialled and how many connect attempts were
+    /// made (the log line's `target`, `attempts`, `upstream`); nil for legs
+    /// that dial nothing.
+    var dialled: DialReport? { get }
+}
+
+/// What a leg reports of its connect attempts for the log line.
+struct DialReport {
+    /// `host:port` of the last target tried.
+    var target: String?
+    var attempts: Int
+    /// The URL of that target (suffix and query included).
+    var url: URLParts?
 }
 
 extension UpstreamLeg {
     func connectionFinished(_ event: CloseEvent) {}
+
+    var dialled: DialReport? { nil }
 
     /// Carries out the upstream half of the close table.
     func apply(_ action: UpstreamCloseAction) {

@@ -87,7 +87,8 @@ final class ClientConnection: @unchecked Sendable {
         let upstream: UpstreamLeg
         do {
             upstream = try UpstreamFactory(resources: gateway.upstreams).make(
-                for: match, request: head, forwardedFor: forwarded.header, connectionID: session.id, eventLoop: eventLoop)
+                for: match, request: head, forwardedFor: forwarded.header, clientIP: forwarded.clientIP ?? channel.remoteAddress?.ipAddress ?? "",
+                connectionID: session.id, eventLoop: eventLoop)
         } catch {
             session.startRefused(.internalError)
             return eventLoop.makeSucceededFuture(HTTPHeaders())

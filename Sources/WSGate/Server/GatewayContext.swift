@@ -30,6 +30,19 @@ final class GatewayContext: AdminStatus {
 
     func startDraining() { draining.withLockedValue { $0 = true } }
 
+    func upstreamsJSON() -> String {
+        var routes: [String] = []
+        for route in config.routes {
+            guard let pool = upstreams.pools[route.path] else { continue }
+            var w = JSONObjectWriter()
+            pool.snapshot(into: &w)
+            routes.append(w.finish())
+        }
+        var w = JSONObjectWriter()
+        w.field("routes", rawJSON: "[" + routes.joined(separator: ",") + "]")
+        return w.finish()
+    }
+
     func metricsText() -> String {
         let dropped = eventLog.sink.takeDroppedCount()
         if dropped > 0 { metrics.logLinesDropped.increment(by: Int64(dropped)) }
@@ -46,6 +59,6 @@ final class GatewayContext: AdminStatus {
             policy: ClosePolicy(config: config), settings: settings, eventLog: eventLog, logger: logger, metrics: metrics)
         self.serverTLS = try config.listen.tls.map { try ServerTLS.context($0, shutdownTimeout: settings.closeHandshake) }
         self.upstreams = try UpstreamResources(
-            config: config, settings: settings, logger: logger, httpRequestTimer: metrics.httpRequest, group: group)
+            config: config, settings: settings, logger: logger, metrics: metrics, group: group)
     }
 }

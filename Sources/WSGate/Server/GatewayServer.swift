@@ -81,6 +81,7 @@ public final class GatewayServer: Sendable {
         let channel = try await bootstrap.bind(host: gateway.config.listen.host, port: gateway.config.listen.port).get()
         serverChannel.withLockedValue { $0 = channel }
         let port = channel.localAddress?.port ?? gateway.config.listen.port
+        gateway.upstreams.startPools(group: group)
         gateway.logger.info("listening", metadata: [
             "host": .string(gateway.config.listen.host), "port": .stringConvertible(port),
             "routes": .stringConvertible(gateway.config.routes.count), "tls": .stringConvertible(serverTLS != nil),
@@ -127,6 +128,7 @@ public final class GatewayServer: Sendable {
         }
         // The hooks of the last connections (disconnect_url) and anything
         // still running get a bounded share, then are aborted.
+        await gateway.upstreams.stopPools()
         await gateway.upstreams.curl?.shutdown(abortAt: max(deadline, .now()) + .milliseconds(500))
         await admin.stop()
     }

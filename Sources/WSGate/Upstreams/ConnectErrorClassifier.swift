@@ -8,7 +8,14 @@ import Glibc
 /// Turns NIO connect errors into close causes and readable log details
 /// (`connect(127.0.0.1:9001): Connection refused`).
 enum ConnectErrorClassifier {
+    /// Every connect failure is retryable: nothing was sent.
     static func classify(_ error: Error, endpoint: String, timeout: TimeAmount) -> UpstreamFailure {
+        var failure = classifyCause(error, endpoint: endpoint, timeout: timeout)
+        failure.retryable = true
+        return failure
+    }
+
+    private static func classifyCause(_ error: Error, endpoint: String, timeout: TimeAmount) -> UpstreamFailure {
         if let error = error as? ChannelError, case .connectTimeout = error {
             return UpstreamFailure(.upstreamTimeout, error: "connect(\(endpoint)): timed out after \(timeout.nanoseconds / 1_000_000) ms")
         }

@@ -51,7 +51,20 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
     private var inFlight = CircularBuffer<Slot>()
     private let allocator = ByteBufferAllocator()
 
-    init(eventLoop: EventLoop, client: CurlClient, url: URLParts, route: Route, commonHeaders: [String], config: GatewayConfig, logger: Logger) {
+    /// The route's pool: each request goes to the target it chooses.
+    private let pool: UpstreamPool?
+    private let hashKey: String?
+    /// Per target: the request URL and the `CURLOPT_CONNECT_TO` entry.
+    private var addressing: [String: (url: String, connectTo: String?)] = [:]
+    /// The target of the last request and every connect attempt so far (the
+    /// log line's `target` and `attempts`).
+    private var lastTarget: PoolState.Target?
+    private var attempts = 0
+
+    init(
+        eventLoop: EventLoop, client: CurlClient, url: URLParts, route: Route, commonHeaders: [String], config: GatewayConfig,
+        logger: Logger, pool: UpstreamPool? = nil, hashKey: String? = nil
+    ) {
         self.eventLoop = eventLoop
         self.client = client
         self.url = url
@@ -59,18 +72,35 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
         self.settings = SessionSettings(config: config)
         self.timeouts = (config.timeouts.upstreamConnectMs, config.timeouts.httpRequestMs)
         self.commonHeaders = commonHeaders
-        if let serverName = route.tls?.serverName, url.isTLS {
-            // Name the server in the URL (SNI, verification, Host) and send
-            // the connection to the configured address.
-            var named = url
-            named.host = serverName
-            self.urlString = named.description
-            self.connectTo = "\(serverName):\(url.port):\(url.host.contains(":") ? "[\(url.host)]" : url.host):\(url.port)"
-        } else {
-            self.urlString = url.description
-            self.connectTo = nil
-        }
+        (self.urlString, self.connectTo) = Self.addressing(url, dial: nil, serverName: route.tls?.serverName)
         self.logger = logger
+        self.pool = pool
+        self.hashKey = hashKey
+    }
+
+    /// The URL libcurl is given and where it really connects: the URL names
+    /// the server (Host, SNI, verification: `tls.server_name` or the URL's
+    /// host), `CONNECT_TO` sends the connection to the address to dial.
+    static func addressing(_ url: URLParts, dial: (host: String, port: Int)?, serverName: String?) -> (url: String, connectTo: String?) {
+        var named = url
+        if url.isTLS, let serverName { named.host = serverName }
+        let (host, port) = dial ?? (url.host, url.port)
+        guard named.host != host || named.port != port else { return (named.description, nil) }
+        func bracketed(_ h: String) -> String { h.contains(":") ? "[\(h)]" : h }
+        return (named.description, "\(bracketed(named.host)):\(named.port):\(bracketed(host)):\(port)")
+    }
+
+    private func addressing(for target: PoolState.Target) -> (url: String, connectTo: String?) {
+        if let known = addressing[target.id] { return known }
+        let memberURL = UpstreamFactory.url(url, for: target)
+        let result = Self.addressing(memberURL, dial: (target.address, target.port), serverName: route.tls?.serverName)
+        addressing[target.id] = result
+        return result
+    }
+
+    var dialled: DialReport? {
+        guard pool != nil else { return nil }
+        return DialReport(target: lastTarget?.id, attempts: attempts, url: lastTarget.map { UpstreamFactory.url(url, for: $0) })
     }
 
     private func request(url: String, headers: CurlHeaderList, body: ByteBuffer?) -> CurlRequest {
@@ -168,11 +198,42 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
         let started = waitingSince  // when this message was read
         var request = request(url: urlString, headers: isText ? textHeaders : binaryHeaders, body: body)
         request.deadline = started + .milliseconds(Int64(timeouts.requestMs))
+        send(request, slot: slot, started: started, tried: [])
+    }
+
+    /// Sends one message's request to a target of the pool (or the route's
+    /// one upstream). A request that did not reach its target (refused, timed
+    /// out or failed TLS before a byte was sent) goes to the next target; one
+    /// that may have reached a backend is never repeated.
+    private func send(_ template: CurlRequest, slot: Slot, started: NIODeadline, tried: Set<String>) {
+        var request = template
+        var target: PoolState.Target? = nil
+        if let pool, let chosen = pool.choose(hashKey: hashKey, tried: tried) {
+            target = chosen
+            (request.url, request.connectTo) = addressing(for: chosen)
+            pool.connectionStarted(chosen.id)
+            lastTarget = chosen
+        }
+        attempts += 1
         let call = client.start(request, on: eventLoop)
         slot.ticket = call.ticket
         call.future
             .assumeIsolatedUnsafeUnchecked()
             .whenComplete { [self] result in
+                if let pool = self.pool, let target {
+                    pool.connectionEnded(target.id)
+                    var failure: UpstreamFailure? = nil
+                    if case .failure(let error) = result, let curl = error as? CurlFailure, curl.cause != .clientGone, curl.cause != .shutdown,
+                        curl.cause != .overloaded, curl.notSent
+                    {
+                        failure = UpstreamFailure(curl.cause, error: curl.message, retryable: true)
+                    }
+                    pool.attemptFinished(target, failure: failure, on: self.eventLoop)
+                    let tried = tried.union([target.id])
+                    if failure != nil, !self.hasEnded, tried.count < pool.maxAttempts, NIODeadline.now() < template.deadline ?? .distantFuture {
+                        return self.send(template, slot: slot, started: started, tried: tried)
+                    }
+                }
                 self.requestTimer?.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
                 slot.result = result.mapError { $0 }
                 self.deliverCompleted()

@@ -12,26 +12,53 @@ struct UpstreamFactory {
     /// was loaded: the workers exist whenever a route is HTTP).
     struct Unavailable: Error {}
 
-    func make(for match: RouteMatch, request head: HTTPRequestHead, forwardedFor forwarded: String, connectionID: String, eventLoop: EventLoop) throws -> UpstreamLeg {
+    /// `clientIP`: the client's address as the log names it (for
+    /// `hash_key: client_ip`).
+    func make(
+        for match: RouteMatch, request head: HTTPRequestHead, forwardedFor forwarded: String, clientIP: String,
+        connectionID: String, eventLoop: EventLoop
+    ) throws -> UpstreamLeg {
         switch match.route.upstream {
         case .echo:
             return EchoUpstream(eventLoop: eventLoop)
         case .webSocket:
-            return WebSocketUpstream(
-                eventLoop: eventLoop, url: match.upstreamURL!,
-                requestHeaders: Self.upstreamHeaders(
-                    for: head, url: match.upstreamURL!, route: match.route, connectionID: connectionID, forwardedFor: forwarded),
-                offeredProtocols: Self.offeredProtocols(head.headers), settings: resources.settings,
-                tls: resources.tls[match.route.path], serverName: match.route.tls?.serverName)
+            guard let pool = resources.pools[match.route.path] else { throw Unavailable() }
+            let route = match.route
+            let resources = self.resources
+            let base = match.upstreamURL!
+            let urlFor = { (target: PoolState.Target) in Self.url(base, for: target) }
+            return PooledUpstream(
+                pool: pool, eventLoop: eventLoop, hashKey: PoolKey.value(route.pool.hashKey, head: head, clientIP: clientIP),
+                connectTimeout: resources.settings.upstreamConnect, urlFor: urlFor
+            ) { target in
+                let url = urlFor(target)
+                return WebSocketUpstream(
+                    eventLoop: eventLoop, url: url,
+                    requestHeaders: Self.upstreamHeaders(
+                        for: head, url: url, route: route, connectionID: connectionID, forwardedFor: forwarded),
+                    offeredProtocols: Self.offeredProtocols(head.headers), settings: resources.settings,
+                    tls: resources.tls[route.path], serverName: route.tls?.serverName,
+                    dialAddress: target.address == url.host && target.port == url.port ? nil : (target.address, target.port))
+            }
         case .http:
             guard let curl = resources.curl?.client(for: eventLoop) else { throw Unavailable() }
             let http = HTTPUpstream(
                 eventLoop: eventLoop, client: curl, url: match.upstreamURL!, route: match.route,
                 commonHeaders: Self.httpHeaderLines(for: head, route: match.route, connectionID: connectionID, forwardedFor: forwarded),
-                config: resources.config, logger: resources.logger)
+                config: resources.config, logger: resources.logger, pool: resources.pools[match.route.path],
+                hashKey: PoolKey.value(match.route.pool.hashKey, head: head, clientIP: clientIP))
             http.requestTimer = resources.httpRequestTimer
             return http
         }
+    }
+
+    /// The route's URL for this connection (suffix and query appended) with
+    /// the host and port of the target's member: members differ only there.
+    static func url(_ base: URLParts, for target: PoolState.Target) -> URLParts {
+        var url = base
+        url.host = target.member.url.host
+        url.port = target.member.url.port
+        return url
     }
 
     /// Header lines every HTTP upstream request of this connection carries

@@ -42,7 +42,7 @@ final class UpstreamHandshakeHandler: ChannelInboundHandler, RemovableChannelHan
             return
         }
         if error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
-            leg.fail(UpstreamFailure(.upstreamTLSError, error: "TLS with the upstream: \(error)"))
+            leg.fail(UpstreamFailure(.upstreamTLSError, error: "TLS with the upstream: \(error)", retryable: true))
             return
         }
         leg.noteIOError(error)

@@ -37,10 +37,15 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
     private let tls: NIOSSLContext?
     private let serverName: String?
 
+    /// Where to connect when it is not the URL's host (a pool target found
+    /// by DNS: the URL keeps the name, for Host and SNI).
+    private let dialAddress: (host: String, port: Int)?
+
     init(
         eventLoop: EventLoop, url: URLParts, requestHeaders: HTTPHeaders, offeredProtocols: [String], settings: SessionSettings,
-        tls: NIOSSLContext? = nil, serverName: String? = nil
+        tls: NIOSSLContext? = nil, serverName: String? = nil, dialAddress: (host: String, port: Int)? = nil
     ) {
+        self.dialAddress = dialAddress
         self.tls = tls
         // SNI and verification name: the configured one, else the URL's host
         // unless it is an IP address (NIOSSL then checks the address).
@@ -52,7 +57,10 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
         self.settings = settings
     }
 
-    private var endpoint: String { "\(url.host):\(url.port)" }
+    private var endpoint: String {
+        let (host, port) = dialAddress ?? (url.host, url.port)
+        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
 
     static func isIPAddress(_ host: String) -> Bool {
         (try? SocketAddress(ipAddress: host, port: 0)) != nil
@@ -94,7 +102,7 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
                     try channel.pipeline.syncOperations.addHandlers([encoder, decoder, upgradeHandler, handshake])
                 }
             }
-            .connect(host: url.host, port: url.port)
+            .connect(host: dialAddress?.host ?? url.host, port: dialAddress?.port ?? url.port)
             .assumeIsolatedUnsafeUnchecked()
             .whenComplete { [self] result in
                 switch result {
@@ -116,7 +124,7 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
         channel.closeFuture.assumeIsolatedUnsafeUnchecked().whenComplete { [self] _ in self.channelClosed() }
         handshakeTimer = eventLoop.scheduleTask(in: settings.upstreamHandshake) { [self] in
             let ms = self.settings.upstreamHandshake.nanoseconds / 1_000_000
-            self.fail(UpstreamFailure(.upstreamTimeout, error: "upstream handshake with \(self.endpoint) timed out after \(ms) ms"))
+            self.fail(UpstreamFailure(.upstreamTimeout, error: "upstream handshake with \(self.endpoint) timed out after \(ms) ms", retryable: true))
         }
     }
 
@@ -179,7 +187,8 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
         closeTimer?.cancel()
         switch state {
         case .handshaking:
-            fail(UpstreamFailure(.upstreamProtocolError, error: lastIOError ?? "upstream \(endpoint) closed the connection during the handshake"))
+            // Reset before the 101: the upstream's application never answered.
+            fail(UpstreamFailure(.upstreamProtocolError, error: lastIOError ?? "upstream \(endpoint) closed the connection during the handshake", retryable: true))
             return
         case .open:
             state = .ended

@@ -45,10 +45,17 @@ public enum ConfigLoader {
     public static func load(yaml: String, environment: [String: String] = [:]) throws(ConfigError) -> GatewayConfig {
         var reader = Reader()
         let root: Node?
+        if let problem = YAMLBounds.aliasUsedAsKey(yaml) {
+            throw ConfigError(problems: [ConfigProblem(path: "", message: "invalid YAML: \(problem)")])
+        }
         do {
             root = try Yams.compose(yaml: yaml)
         } catch {
             throw ConfigError(problems: [ConfigProblem(path: "", message: "invalid YAML: \(error)")])
+        }
+        if let root, !YAMLBounds.fits(root) {
+            throw ConfigError(problems: [ConfigProblem(
+                path: "", message: "invalid YAML: more than \(YAMLBounds.maxNodes) values once its aliases are expanded")])
         }
         var config = GatewayConfig()
         if let root {
@@ -115,6 +122,16 @@ private enum ConfigTables {
         .custom("routes", required: true) { reader, node, path, config in reader.decodeRoutes(node, path, &config.routes) },
         .custom("close_codes") { reader, node, path, config in reader.decodeCloseCodes(node, path, &config.closeCodes) },
         .custom("trusted_proxies") { reader, node, path, config in reader.decodeTrustedProxies(node, path, &config.trustedProxies) },
+        .custom("resolver") { reader, node, path, config in
+            guard let list = reader.stringList(node, path) else { return }
+            for (i, text) in list.enumerated() {
+                if let address = ResolverAddress(text) {
+                    config.resolver.append(address)
+                } else {
+                    reader.problem("\(path)[\(i)]", "expected an IP address with an optional port (10.0.0.10:53), found \(JSONText.quoted(text))")
+                }
+            }
+        },
     ]
 
     /// One entry of `routes`. Its keys fill a `RouteDraft`, because they
@@ -122,7 +139,27 @@ private enum ConfigTables {
     /// on the routes before it.
     static let route: [ConfigKey<RouteDraft>] = [
         .custom("path", required: true) { reader, node, path, draft in reader.decodeRoutePath(node, path, &draft) },
-        .scalar("upstream", .upstream, \.upstream, required: true),
+        .scalar("upstream", .upstream, \.upstream),
+        .custom("upstreams") { reader, node, path, draft in reader.decodeUpstreams(node, path, &draft) },
+        .scalar("balance", .oneOf, \.pool.balance),
+        .custom("hash_key") { reader, node, path, draft in
+            guard let text = reader.value(node, path, as: .string) else { return }
+            if let key = PoolSettings.HashKey.parse(text) {
+                draft.pool.hashKey = key
+            } else {
+                reader.problem(path, "invalid hash key \(JSONText.quoted(text)) (expected header:NAME | query:NAME | cookie:NAME | client_ip)")
+            }
+        },
+        .scalar("retries", .int(0...100), \.pool.retries),
+        .custom("health") { reader, node, path, draft in
+            var health = PoolSettings.Health()
+            if reader.decode(node, at: path, by: ConfigTables.routeHealth, into: &health) { draft.pool.health = health }
+        },
+        .custom("eject") { reader, node, path, draft in
+            reader.decode(node, at: path, by: ConfigTables.routeEject, into: &draft.pool.eject)
+        },
+        .scalar("discovery", .oneOf, \.pool.discovery),
+        .scalar("dns_refresh_ms", .int(100...3_600_000), \.pool.dnsRefreshMs),
         .custom("forward_headers") { reader, node, path, draft in
             reader.decodeForwardHeaders(node, path, &draft.forwardHeaders)
         },
@@ -133,11 +170,30 @@ private enum ConfigTables {
         .custom("tls") { reader, node, path, draft in reader.decodeRouteTLS(node, path, &draft) },
     ]
 
+    static let member: [ConfigKey<MemberDraft>] = [
+        .scalar("url", .upstream, \.url, required: true),
+        .scalar("weight", .int(1...1000), \.weight),
+    ]
+
     static let routeHTTP: [ConfigKey<Route.HTTPSettings>] = [
         .scalar("method", .httpMethod, \.method),
         .scalar("connect_url", .httpURL, \.connectURL),
         .scalar("disconnect_url", .httpURL, \.disconnectURL),
         .scalar("on_error", .oneOf, \.onError),
+    ]
+
+    static let routeHealth: [ConfigKey<PoolSettings.Health>] = [
+        .scalar("path", .healthPath, \.path),
+        .scalar("interval_ms", .int(100...3_600_000), \.intervalMs),
+        .scalar("timeout_ms", .int(1...3_600_000), \.timeoutMs),
+        .scalar("unhealthy_after", .int(1...100), \.unhealthyAfter),
+        .scalar("healthy_after", .int(1...100), \.healthyAfter),
+    ]
+
+    static let routeEject: [ConfigKey<PoolSettings.Eject>] = [
+        .scalar("consecutive_failures", .int(1...1000), \.consecutiveFailures),
+        .scalar("base_ms", .int(1...3_600_000), \.baseMs),
+        .scalar("max_ms", .int(1...86_400_000), \.maxMs),
     ]
 
     static let routeTLS: [ConfigKey<Route.UpstreamTLS>] = [
@@ -150,17 +206,24 @@ private enum ConfigTables {
     static let environmentOverrides = ConfigKey.environmentOverrides(in: gateway)
 }
 
-/// A route while its keys are read: what has been accepted so far, and the
-/// paths of the routes before it.
+/// One `upstreams:` entry while its keys are read.
+private struct MemberDraft {
+    var url: UpstreamTarget? = nil
+    var weight = 1
+}
+
+/// A route while its keys are read: what has been accepted so far.
 private struct RouteDraft {
-    /// A later route with one of these paths could never match.
-    let earlierPaths: Set<String>
     var path: String? = nil
     var upstream: UpstreamTarget? = nil
     var forwardHeaders: [String] = []
     var origins: [String]? = nil
     var http = Route.HTTPSettings()
     var tls: Route.UpstreamTLS? = nil
+    /// `upstreams:` members (empty for a single `upstream:`) and the pool keys.
+    var pool = PoolSettings(members: [])
+    var sawUpstream = false
+    var sawUpstreams = false
 
     /// The route, if both its required keys were accepted.
     var route: Route? {
@@ -170,6 +233,9 @@ private struct RouteDraft {
         route.origins = origins
         route.http = http
         route.tls = tls
+        var pool = self.pool
+        if pool.members.isEmpty { pool.members = route.pool.members }
+        route.pool = pool
         return route
     }
 }
@@ -434,6 +500,16 @@ extension ScalarKind where Value == String {
         }
     }
 
+    /// `health.path`: an absolute path, with an optional query.
+    static var healthPath: ScalarKind {
+        string.then { text in
+            guard text.hasPrefix("/"), !text.contains(where: { $0 == " " || $0.isNewline || $0 == "#" }) else {
+                return .rejected("expected an absolute path such as /healthz, found \(JSONText.quoted(text))")
+            }
+            return .value(text)
+        }
+    }
+
     /// A host name for SNI and certificate verification, stored lower-cased.
     static var serverName: ScalarKind {
         string.then { text in
@@ -449,6 +525,9 @@ extension ScalarKind where Value == String {
 
 private struct Reader {
     var problems: [ConfigProblem] = []
+    /// The paths of the routes read so far: a later route with one of
+    /// them could never match.
+    var routePaths: Set<String> = []
 
     mutating func problem(_ path: String, _ message: String) {
         problems.append(ConfigProblem(path: path, message: message))
@@ -491,7 +570,7 @@ private struct Reader {
         var result: [String: Node] = [:]
         for (keyNode, value) in mapping {
             guard case .scalar(let key) = keyNode else {
-                problem(path, "keys must be strings")
+                problem(childPath(path, "(\(kind(keyNode)))"), "unknown key (keys must be strings)")
                 continue
             }
             let childPath = childPath(path, key.string)
@@ -581,12 +660,37 @@ private struct Reader {
             return
         }
         if sequence.isEmpty { problem(path, "at least one route is required") }
-        var paths: Set<String> = []
         for (index, item) in sequence.enumerated() {
-            var draft = RouteDraft(earlierPaths: paths)
-            decode(item, at: "\(path)[\(index)]", by: ConfigTables.route, into: &draft)
-            if let accepted = draft.path { paths.insert(accepted) }
+            var draft = RouteDraft()
+            let routePath = "\(path)[\(index)]"
+            if case .mapping(let mapping) = item {
+                let keys = Set(mapping.keys.compactMap { $0.scalar?.string })
+                draft.sawUpstream = keys.contains("upstream")
+                draft.sawUpstreams = keys.contains("upstreams")
+            }
+            decode(item, at: routePath, by: ConfigTables.route, into: &draft)
+            checkPool(&draft, routePath)
+            if let accepted = draft.path { routePaths.insert(accepted) }
             if let route = draft.route { routes.append(route) }
+        }
+    }
+
+    /// What the pool keys say together: one of `upstream`/`upstreams`, a
+    /// hash key exactly with `balance: hash`, no pool keys for the echo.
+    mutating func checkPool(_ draft: inout RouteDraft, _ path: String) {
+        if draft.sawUpstream && draft.sawUpstreams {
+            problem(childPath(path, "upstreams"), "use either upstream or upstreams, not both")
+            draft.upstream = nil
+        } else if !draft.sawUpstream && !draft.sawUpstreams {
+            problem(childPath(path, "upstream"), "required key is missing (or give upstreams)")
+        }
+        if draft.pool.balance == .hash && draft.pool.hashKey == nil {
+            problem(childPath(path, "hash_key"), "required with balance: hash")
+        } else if draft.pool.balance != .hash && draft.pool.hashKey != nil {
+            problem(childPath(path, "hash_key"), "only applies to balance: hash")
+        }
+        if draft.upstream == .echo && draft.pool != PoolSettings(members: []) {
+            problem(childPath(path, "upstream"), "builtin:echo takes no pool settings (balance, retries, health, eject, discovery)")
         }
     }
 
@@ -594,7 +698,7 @@ private struct Reader {
         guard let text = value(node, path, as: .string) else { return }
         if let message = RoutePattern.validate(text) {
             problem(path, message)
-        } else if draft.earlierPaths.contains(text) {
+        } else if routePaths.contains(text) {
             problem(path, "duplicate path \(JSONText.quoted(text)) (the later route could never match)")
         } else {
             draft.path = text
@@ -613,6 +717,62 @@ private struct Reader {
                 headers.append(lower)
             }
         }
+    }
+
+    /// `upstreams`: a list of `{url, weight}` (or plain URL strings), all of
+    /// one scheme family; the first member stands for the route's upstream.
+    mutating func decodeUpstreams(_ node: Node, _ path: String, _ draft: inout RouteDraft) {
+        guard case .sequence(let sequence) = node else {
+            problem(path, "expected a list, found \(kind(node))")
+            return
+        }
+        if sequence.isEmpty {
+            problem(path, "at least one upstream is required")
+            return
+        }
+        var members: [PoolSettings.Member] = []
+        var first: UpstreamTarget? = nil
+        var seen: Set<String> = []
+        for (i, item) in sequence.enumerated() {
+            let itemPath = "\(path)[\(i)]"
+            var entry = MemberDraft()
+            if case .scalar = item {
+                entry.url = value(item, itemPath, as: .upstream)
+            } else {
+                decode(item, at: itemPath, by: ConfigTables.member, into: &entry)
+            }
+            guard let target = entry.url else { continue }
+            let url: URLParts
+            switch target {
+            case .echo:
+                problem(childPath(itemPath, "url"), "builtin:echo cannot be a pool member")
+                continue
+            case .webSocket(let u), .http(let u):
+                url = u
+            }
+            if let first {
+                switch (first, target) {
+                case (.webSocket(let a), .webSocket(let b)) where a.isTLS == b.isTLS, (.http(let a), .http(let b)) where a.isTLS == b.isTLS:
+                    if a.path != b.path || a.query != b.query {
+                        problem(childPath(itemPath, "url"), "every member must have the same path and query as the first (\(a.requestTarget))")
+                        continue
+                    }
+                default:
+                    problem(childPath(itemPath, "url"), "one scheme per route: the first member is \(first.description.prefix(while: { $0 != ":" }))://")
+                    continue
+                }
+            } else {
+                first = target
+            }
+            let endpoint = "\(url.host):\(url.port)"
+            if !seen.insert(endpoint).inserted {
+                problem(childPath(itemPath, "url"), "duplicate target \(endpoint)")
+                continue
+            }
+            members.append(.init(url: url, weight: entry.weight))
+        }
+        draft.upstream = first
+        draft.pool.members = members
     }
 
     /// `log.redact_query`: parameter names, matched case-insensitively.
@@ -674,7 +834,7 @@ private struct Reader {
         }
         for (keyNode, codeNode) in mapping {
             guard case .scalar(let key) = keyNode else {
-                problem(path, "keys must be strings")
+                problem(childPath(path, "(\(kind(keyNode)))"), "unknown cause (keys must be strings)")
                 continue
             }
             let causePath = childPath(path, key.string)
@@ -716,7 +876,13 @@ private struct Reader {
 
 /// A key's path below its mapping's: `limits` + `max_connections`.
 private func childPath(_ parent: String, _ key: String) -> String {
-    parent.isEmpty ? key : "\(parent).\(key)"
+    // A key is shown as written, unless that would not show it: empty,
+    // only blanks, or with line breaks and other control characters. Those
+    // are quoted, so that every problem names a path on one line.
+    let plain = key.unicodeScalars.contains { $0 != " " && $0 != "\t" }
+        && key.unicodeScalars.allSatisfy { $0.value >= 0x20 && $0.value != 0x7F }
+    let shown = plain ? key : JSONText.quoted(key)
+    return parent.isEmpty ? shown : "\(parent).\(shown)"
 }
 
 /// Levenshtein distance, for "did you mean" hints on unknown keys.

@@ -75,10 +75,41 @@ public struct GatewayConfig: Sendable, Equatable {
     /// Peers whose `X-Forwarded-For` is believed and appended to; from any
     /// other peer the header is replaced by the peer's own address.
     public var trustedProxies: [IPNetwork] = []
+    /// DNS servers for `discovery: dns` (`host:port`, port 53 by default);
+    /// empty: the system resolver (getaddrinfo).
+    public var resolver: [ResolverAddress] = []
     /// Per-cause overrides of the default close codes.
     public var closeCodes: [CloseCause: UInt16] = [:]
 
     public init() {}
+}
+
+/// A DNS server of `resolver`.
+public struct ResolverAddress: Sendable, Equatable {
+    public var host: String
+    public var port: Int
+
+    /// `10.0.0.10`, `10.0.0.10:5353`, `[fd00::a]:53`, `::1`; IP addresses only
+    /// (a resolver named by name would need a resolver).
+    public init?(_ text: String) {
+        var host = text
+        var port = 53
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            if !rest.isEmpty {
+                guard rest.hasPrefix(":"), let p = Int(rest.dropFirst()), (1...65535).contains(p) else { return nil }
+                port = p
+            }
+        } else if text.filter({ $0 == ":" }).count == 1, let colon = text.firstIndex(of: ":") {
+            host = String(text[..<colon])
+            guard let p = Int(text[text.index(after: colon)...]), (1...65535).contains(p) else { return nil }
+            port = p
+        }
+        guard IPNetwork.parseAddress(host) != nil else { return nil }
+        self.host = host
+        self.port = port
+    }
 }
 
 /// One entry of `routes`: which client paths go to which upstream.
@@ -116,9 +147,17 @@ public struct Route: Sendable, Equatable {
     public var origins: [String]? = nil
     public var http = HTTPSettings()
     public var tls: UpstreamTLS? = nil
+    /// The targets behind the route (one for a single `upstream:`; none for
+    /// `builtin:echo`) and how they are chosen. `upstream` is the first
+    /// member: its scheme and path are every member's.
+    public var pool: PoolSettings
 
     public init(path: String, upstream: UpstreamTarget) {
         self.path = path
         self.upstream = upstream
+        switch upstream {
+        case .echo: self.pool = PoolSettings(members: [])
+        case .webSocket(let url), .http(let url): self.pool = PoolSettings(members: [.init(url: url)])
+        }
     }
 }
