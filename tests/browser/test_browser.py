@@ -266,6 +266,9 @@ def configs(up: bb.Upstreams, backend: Backend, tls: TLSUpstreams) -> dict[str, 
                         limits={"max_connections": 1}),
         "shutdown-1001": cfg(up_echo, shutdown={"close_code": 1001, "drain_timeout_ms": DRAIN_MS}),
         "shutdown-1012": cfg(up_echo, shutdown={"close_code": 1012, "drain_timeout_ms": DRAIN_MS}),
+        # A pool whose first two targets are dead (connection refused).
+        "pool": cfg([{"path": "/pool", "upstreams": [
+            f"ws://127.0.0.1:{closed_port()}/plain", f"ws://127.0.0.1:{up.closed_port}/plain", f"{e}/plain"]}]),
     }
 
 
@@ -473,3 +476,20 @@ def test_close_codes_doc_is_current(env: Env) -> None:
         pytest.fail("docs/close-codes.md differs from what this run observed: regenerate it with "
                     "scripts/close-codes (WSGATE_WRITE_CLOSE_CODES=1) and review the change\n" + diff,
                     pytrace=False)
+
+
+def test_a_pool_with_two_dead_targets_still_serves_the_page(env: Env) -> None:
+    """Upstream pools, from a browser: two of three targets refuse
+    connections; the page's connection opens, echoes and closes cleanly, and
+    the log line says which target served it after how many attempts."""
+    gw = env.gateway("pool")
+    mark = gw.mark()
+    env.browser.start("pool", f"ws://127.0.0.1:{gw.port}/pool?case=pool", {"send": [T], "closeAfter": 1})
+    seen = env.browser.wait_closed("pool")
+    assert seen["opened"] and seen["messages"] == [TEXT_MSG], seen
+    assert seen["close"] == {"code": 1000, "reason": "done", "wasClean": True}, seen
+    line = h.wait_line(gw, mark, lambda l: l.get("event") == "websocket_close" and l.get("route") == "/pool",
+                       "websocket_close for /pool")
+    assert line["cause"] == "client_closed"
+    assert line["target"] == f"127.0.0.1:{env.up.echo_port}"
+    assert line["attempts"] == 3
