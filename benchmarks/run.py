@@ -60,6 +60,8 @@ DOCS = REPO / "docs"
 TARGETS = ["direct", "wsgate", "nginx", "haproxy"]
 PROXIES = ["wsgate", "nginx", "haproxy"]
 ALL_SCENARIOS = ["a", "b", "c", "d", "e", "cap"]
+# Opt-in (--scenarios pool): not part of the default run or docs/benchmarks.md.
+EXTRA_SCENARIOS = ["pool"]
 LOAD_SCENARIOS = {
     "a": {"title": "1 connection × 64 B, ping-pong", "connections": 1, "size": 64, "in_flight": 1, "messages_factor": 1.0},
     "b": {"title": "50 connections × 1 KiB, 1 in flight each", "connections": 50, "size": 1024, "in_flight": 1, "messages_factor": 1.0},
@@ -686,6 +688,114 @@ class Runner:
         return r
 
 
+    def scenario_pool(self) -> dict:
+        """Upstream pools: (1) CPU per message through a pool of 3 echo
+        targets next to a single upstream (scenario b's load, interleaved);
+        (2) connection churn over the pool while one target is killed:
+        how many connections failed, by when they started."""
+        bench = self.b
+        echoes = []
+        for i in range(3):
+            e = Proc(f"echo{i}", [str(bench.bin / "wsgate-bench"), "echo-server", "--host", "127.0.0.1", "--port", "0"], bench.tmp)
+            echoes.append((e, int(json.loads(e.wait_line(r'"event":"listening"', 20))["port"])))
+        d = fresh_dir(bench.tmp, "wsgate-pool")
+        cfg = d / "wsgate.yaml"
+        members = ", ".join(f'"ws://127.0.0.1:{port}/"' for _, port in echoes)
+        cfg.write_text(f"""listen: {{host: 127.0.0.1, port: 0}}
+admin: {{host: 127.0.0.1, port: 0}}
+shutdown: {{drain_timeout_ms: 3000}}
+routes:
+  - {{path: /single, upstream: "ws://127.0.0.1:{echoes[0][1]}/"}}
+  - {{path: /pool, upstreams: [{members}]}}
+""")
+        gw = Proc("wsgate-pool", [str(bench.bin / "wsgate"), "--config", str(cfg)], d)
+        port = int(json.loads(gw.wait_line(r'"event":"listening"', 30))["port"])
+        base = f"ws://127.0.0.1:{port}"
+        out: dict = {"cpu": {}, "churn": {}}
+        try:
+            sc = LOAD_SCENARIOS["b"]
+            messages = max(sc["connections"], self.args.messages)
+            log(f"== pool: 50 × 1 KiB through /single and /pool (3 targets), {messages} messages, {self.args.reps} rep(s)")
+            runs = {"single": [], "pool": []}
+            for name in runs:
+                bench.load(f"{base}/{name}", sc["connections"], sc["size"], 1, max(sc["connections"], messages // 10))
+            for rep in range(self.args.reps):
+                for name in runs:
+                    before = tree_cpu_seconds(gw.pid)
+                    r = bench.load(f"{base}/{name}", sc["connections"], sc["size"], 1, messages)
+                    cpu = cpu_delta(before, tree_cpu_seconds(gw.pid))
+                    r["proxy_cpu_s_per_100k"] = round(cpu / r["messages"] * 100_000, 4) if r["messages"] else None
+                    runs[name].append(r)
+                    log(f"   rep {rep + 1} {name:6} {r['msgs_per_s']:>10,.0f} msgs/s  p99 {us(r['p99_us']):>9}  "
+                        f"proxy CPU {r['proxy_cpu_s_per_100k']:.3f} s/100k")
+            for name, rs in runs.items():
+                out["cpu"][name] = {"msgs_per_s": summary([r["msgs_per_s"] for r in rs]),
+                                    "proxy_cpu_s_per_100k": summary([r["proxy_cpu_s_per_100k"] for r in rs])}
+            single = out["cpu"]["single"]["proxy_cpu_s_per_100k"]
+            pooled = out["cpu"]["pool"]["proxy_cpu_s_per_100k"]
+            out["cpu"]["pool_vs_single"] = pooled["median"] / single["median"] if single and pooled and single["median"] else None
+            out["churn"] = self.pool_churn(f"{base}/pool", echoes[1][0])
+        finally:
+            gw.stop()
+            for e, _ in echoes:
+                e.stop()
+        c = out["churn"]
+        log(f"   churn: {c['connections']} connections in {c['seconds']} s ({c['connections_per_s']:.0f}/s), "
+            f"target killed at {c['killed_at_s']} s; failed: {c['failed_before_kill']} before, "
+            f"{c['failed_in_flight_at_kill']} in flight at the kill (their target died mid-session), "
+            f"{c['failed_started_after_kill']} started after it")
+        if c["failed_started_after_kill"] or c["failed_before_kill"]:
+            self.problem(f"pool: {c['failed_started_after_kill']} connection(s) started after the kill failed, "
+                         f"{c['failed_before_kill']} before it: {c['samples']}")
+        return out
+
+    def pool_churn(self, url: str, victim: "Proc") -> dict:
+        """Workers connect, send 5 messages, read the 5 echoes, close, again,
+        for a few seconds; one target is SIGKILLed a third of the way in."""
+        import asyncio
+        import websockets
+
+        seconds = 3.0 if self.args.smoke else 9.0
+        kill_at = seconds / 3
+        records = []
+
+        async def worker(deadline):
+            while time.monotonic() < deadline:
+                start = time.monotonic()
+                error = None
+                try:
+                    async with websockets.connect(url, open_timeout=10, close_timeout=5, proxy=None,
+                                                  ping_interval=None, compression=None) as ws:
+                        for i in range(5):
+                            await ws.send(b"x" * 64)
+                        for i in range(5):
+                            await asyncio.wait_for(ws.recv(), 10)
+                except Exception as e:  # what the client sees is the point
+                    error = repr(e)[:200]
+                records.append((start, time.monotonic(), error))
+
+        async def main():
+            t0 = time.monotonic()
+            deadline = t0 + seconds
+            workers = [asyncio.create_task(worker(deadline)) for _ in range(20)]
+            await asyncio.sleep(kill_at)
+            killed = time.monotonic()
+            os.kill(victim.pid, signal.SIGKILL)
+            await asyncio.gather(*workers)
+            return t0, killed
+
+        t0, killed = asyncio.run(main())
+        failed = [(s, e, err) for s, e, err in records if err]
+        return {
+            "seconds": seconds, "connections": len(records), "connections_per_s": len(records) / seconds,
+            "killed_at_s": round(killed - t0, 2),
+            "failed_before_kill": sum(1 for s, e, _ in failed if e < killed),
+            "failed_in_flight_at_kill": sum(1 for s, e, _ in failed if s < killed <= e),
+            "failed_started_after_kill": sum(1 for s, e, _ in failed if s >= killed),
+            "samples": [err for _, _, err in failed[:5]],
+        }
+
+
 # ---------------------------------------------------------------- environment
 
 def first_line(argv: list[str]) -> str | None:
@@ -1016,8 +1126,8 @@ def main() -> int:
                     help="write this run's results (every run and the summaries) to FILE; unlike --write, never touches docs/")
     args = ap.parse_args()
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    if bad := [s for s in scenarios if s not in ALL_SCENARIOS]:
-        ap.error(f"unknown scenario(s) {bad}; choose from {ALL_SCENARIOS}")
+    if bad := [s for s in scenarios if s not in ALL_SCENARIOS + EXTRA_SCENARIOS]:
+        ap.error(f"unknown scenario(s) {bad}; choose from {ALL_SCENARIOS + EXTRA_SCENARIOS}")
     if args.smoke and args.write:
         ap.error("--smoke --write would overwrite the published figures with smoke counts; refusing")
     if args.baseline_bin and args.write:
@@ -1085,6 +1195,8 @@ def main() -> int:
                 results["scenarios"]["e"] = runner.scenario_e()
             if "cap" in scenarios:
                 results["scenarios"]["cap"] = runner.scenario_cap()
+            if "pool" in scenarios:
+                results["scenarios"]["pool"] = runner.scenario_pool()
         except BenchFailure as e:
             runner.problem(str(e))
         except KeyboardInterrupt:

@@ -313,3 +313,59 @@ def test_hooks_trust_what_their_route_trusts(tgw):
     assert reply == "via hooks"
     ev = tgw.close_event(addr)
     assert ev["cause"] == "client_closed", ev
+
+
+def test_a_pool_member_with_a_bad_certificate_is_retried(pki, tls_upstreams, tmp_path):
+    """Pools: a wss:// target whose certificate the route does not trust
+    fails its TLS handshake before the 101, so the next target is tried; the
+    failure is counted per target and cause."""
+    import urllib.request
+
+    bad_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    bad_ctx.load_cert_chain(pki["other_cert"], pki["other_key"])
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def echo(ws):
+        async for m in ws:
+            await ws.send(m)
+
+    async def start():
+        return await ws_serve(echo, "127.0.0.1", 0, ssl=bad_ctx)
+
+    bad = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    bad_port = bad.sockets[0].getsockname()[1]
+    gw = Gateway({
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "timeouts": dict(FIXTURE_TIMEOUTS),
+        "routes": [{"path": "/echo", "upstream": "builtin:echo"},
+                   {"path": "/pool", "upstreams": [f"wss://localhost:{bad_port}/", f"wss://localhost:{tls_upstreams.wss_port}/"],
+                    "tls": {"ca_file": pki["ca"]}}],
+    }, tmp_path, "tls-pool")
+    try:
+        async def main():
+            async with client(gw, "/pool") as ws:
+                await ws.send("through the pool")
+                return await asyncio.wait_for(ws.recv(), 10), addr_of(ws)
+
+        reply, addr = run(main())
+        assert reply == "through the pool"
+        ev = gw.close_event(addr)
+        assert ev["attempts"] == 2 and ev["target"] == f"localhost:{tls_upstreams.wss_port}"
+        admin = gw.wait_for(lambda l: l.get("event") == "admin_listening")["port"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        assert (f'wsgate_upstream_attempts_total{{route="/pool",target="localhost:{bad_port}",result="upstream_tls_error"}} 1'
+                in metrics), [l for l in metrics.splitlines() if "attempts" in l]
+    finally:
+        gw.check_finish()
+        asyncio.run_coroutine_threadsafe(_close(bad), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+async def _close(server):
+    server.close()
+    await server.wait_closed()
