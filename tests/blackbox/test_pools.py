@@ -19,7 +19,7 @@ import websockets
 from aiohttp import web
 from websockets.asyncio.server import serve as ws_serve
 
-from conftest import FIXTURE_TIMEOUTS, addr_of, base_config, client, prometheus_sum, run
+from conftest import FIXTURE_TIMEOUTS, addr_of, base_config, client, run
 
 
 def free_port() -> int:
