@@ -241,6 +241,8 @@ def configs(up: bb.Upstreams, backend: Backend, tls: TLSUpstreams) -> dict[str, 
         {"path": "/upbig", "upstream": f"{c}/big"},
         {"path": "/upbadutf8", "upstream": f"{c}/badutf8"},
         {"path": "/refused", "upstream": f"ws://127.0.0.1:{up.closed_port}/x"},
+        {"path": "/refused-legacy", "upstream": f"ws://127.0.0.1:{up.closed_port}/x", "close_profile": "legacy"},
+        {"path": "/refused-app", "upstream": f"ws://127.0.0.1:{up.closed_port}/x", "close_profile": "app"},
         {"path": "/reject403", "upstream": f"ws://127.0.0.1:{up.reject403_port}/x"},
         {"path": "/reset", "upstream": f"ws://127.0.0.1:{up.reset_port}/x"},
         {"path": "/wss-untrusted", "upstream": f"wss://localhost:{tls.wss_port}/"},
@@ -493,3 +495,20 @@ def test_a_pool_with_two_dead_targets_still_serves_the_page(env: Env) -> None:
     assert line["cause"] == "client_closed"
     assert line["target"] == f"127.0.0.1:{env.up.echo_port}"
     assert line["attempts"] == 3
+
+
+@pytest.mark.parametrize("route,code", [("/refused", 1014), ("/refused-legacy", 1011), ("/refused-app", 4502)])
+def test_close_profiles_in_the_browser(env: Env, route: str, code: int) -> None:
+    """`close_profile`: an unreachable upstream is 1014 for `iana`, 1011 for
+    `legacy`, 4502 for `app`; the reason says the same thing in each, and
+    the page's CloseEvent is the log line."""
+    gw = env.gateway("main")
+    mark = gw.mark()
+    name = f"profile{route.replace('/', '-')}"
+    env.browser.start(name, f"ws://127.0.0.1:{gw.port}{route}?case={name}")
+    seen = env.browser.wait_closed(name)
+    line = h.wait_line(gw, mark, lambda l: l.get("event") == "websocket_close" and l.get("route") == route,
+                       f"websocket_close for {route}")
+    assert seen["close"] == {"code": code, "reason": "upstream unreachable", "wasClean": True}, seen
+    assert (line["code"], line["reason"], line["was_clean"], line["cause"]) == (code, "upstream unreachable", True,
+                                                                              "upstream_unreachable")

@@ -103,8 +103,14 @@ final class GatewayMetrics: Sendable {
     /// `wsgate_upstream_attempts_total{route,target,result}`: `result` is
     /// `ok` or the failure's cause.
     func upstreamAttempt(route: String, target: String, result: String) {
+        upstreamAttemptCounter(route: route, target: target, result: result).increment()
+    }
+
+    /// The counter itself, for callers that keep it (the pool keeps each
+    /// target's `ok` counter: a request must not build a label string).
+    func upstreamAttemptCounter(route: String, target: String, result: String) -> CoreMetrics.Counter {
         let key = "\(route)|\(target)|\(result)"
-        let counter = poolCounters.withLockedValue { counters -> CoreMetrics.Counter in
+        return poolCounters.withLockedValue { counters -> CoreMetrics.Counter in
             if let c = counters[key] { return c }
             let c = CoreMetrics.Counter(
                 label: "wsgate_upstream_attempts_total",
@@ -112,7 +118,6 @@ final class GatewayMetrics: Sendable {
             counters[key] = c
             return c
         }
-        counter.increment()
     }
 
     /// `wsgate_upstream_healthy{route,target}`: 1 while the target takes new

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -12,6 +13,9 @@ final class UpstreamPool: Sendable {
     let route: String
     let settings: PoolSettings
     private let state: NIOLockedValueBox<PoolState>
+    /// Each target's `result="ok"` counter, made once: the success path of
+    /// every connection (and HTTP request) takes no label building.
+    private let okCounters = NIOLockedValueBox<[String: CoreMetrics.Counter]>([:])
     private let metrics: GatewayMetrics
     private let logger: Logger
     /// Health checks and DNS refreshes (ejection timers are one-shot and
@@ -49,7 +53,7 @@ final class UpstreamPool: Sendable {
     func attemptFinished(_ target: PoolState.Target, failure: UpstreamFailure?, on eventLoop: EventLoop) {
         guard let failure else {
             state.withLockedValue { $0.connectSucceeded(target.id) }
-            metrics.upstreamAttempt(route: route, target: target.id, result: "ok")
+            okCounter(target.id).increment()
             return
         }
         metrics.upstreamAttempt(route: route, target: target.id, result: failure.cause.rawValue)
@@ -63,6 +67,28 @@ final class UpstreamPool: Sendable {
             }
             if back { self.healthChanged(target.id, healthy: true, reason: "ejection ended") }
         }
+    }
+
+    private func okCounter(_ id: String) -> CoreMetrics.Counter {
+        if let counter = okCounters.withLockedValue({ $0[id] }) { return counter }
+        let counter = metrics.upstreamAttemptCounter(route: route, target: id, result: "ok")
+        okCounters.withLockedValue { $0[id] = counter }
+        return counter
+    }
+
+    /// An HTTP request's end: its target's load drops, and the attempt is
+    /// counted (one lock for both).
+    func requestFinished(_ target: PoolState.Target, failure: UpstreamFailure?, on eventLoop: EventLoop) {
+        guard failure == nil else {
+            connectionEnded(target.id)
+            attemptFinished(target, failure: failure, on: eventLoop)
+            return
+        }
+        state.withLockedValue {
+            $0.connectionEnded(target.id)
+            $0.connectSucceeded(target.id)
+        }
+        okCounter(target.id).increment()
     }
 
     private func healthChanged(_ id: String, healthy: Bool, reason: String) {

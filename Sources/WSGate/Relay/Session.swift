@@ -73,7 +73,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         self.eventLoop = eventLoop
         self.environment = environment
         self.machine = SessionStateMachine(
-            policy: environment.policy, idleTimeout: environment.settings.idleTimeout,
+            policy: environment.policy(for: route), idleTimeout: environment.settings.idleTimeout,
             closeHandshake: environment.settings.closeHandshake)
     }
 

@@ -6,17 +6,26 @@ import WSGatePolicy
 /// registry of live sessions. Built once by the server (`GatewayContext`).
 final class SessionEnvironment: Sendable {
     let policy: ClosePolicy
+    /// Each route's policy (its `close_profile` and `close_codes`), by path.
+    let routePolicies: [String: ClosePolicy]
     let settings: SessionSettings
     let eventLog: EventLog
     let logger: Logger
     let metrics: GatewayMetrics
     let registry = SessionRegistry()
 
-    init(policy: ClosePolicy, settings: SessionSettings, eventLog: EventLog, logger: Logger, metrics: GatewayMetrics) {
+    init(
+        policy: ClosePolicy, routePolicies: [String: ClosePolicy] = [:], settings: SessionSettings, eventLog: EventLog,
+        logger: Logger, metrics: GatewayMetrics
+    ) {
         self.policy = policy
+        self.routePolicies = routePolicies
         self.settings = settings
         self.eventLog = eventLog
         self.logger = logger
         self.metrics = metrics
     }
+
+    /// The close policy of a connection on `route`.
+    func policy(for route: Route) -> ClosePolicy { routePolicies[route.path] ?? policy }
 }

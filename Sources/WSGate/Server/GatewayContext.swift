@@ -56,7 +56,9 @@ final class GatewayContext: AdminStatus {
         let settings = SessionSettings(config: config)
         let metrics = GatewayMetrics(routes: config.routes)
         self.environment = SessionEnvironment(
-            policy: ClosePolicy(config: config), settings: settings, eventLog: eventLog, logger: logger, metrics: metrics)
+            policy: ClosePolicy(config: config),
+            routePolicies: Dictionary(uniqueKeysWithValues: config.routes.map { ($0.path, ClosePolicy(config: config, route: $0)) }),
+            settings: settings, eventLog: eventLog, logger: logger, metrics: metrics)
         self.serverTLS = try config.listen.tls.map { try ServerTLS.context($0, shutdownTimeout: settings.closeHandshake) }
         self.upstreams = try UpstreamResources(
             config: config, settings: settings, logger: logger, metrics: metrics, group: group)

@@ -221,17 +221,15 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
             .assumeIsolatedUnsafeUnchecked()
             .whenComplete { [self] result in
                 if let pool = self.pool, let target {
-                    pool.connectionEnded(target.id)
                     var failure: UpstreamFailure? = nil
                     if case .failure(let error) = result, let curl = error as? CurlFailure, curl.cause != .clientGone, curl.cause != .shutdown,
                         curl.cause != .overloaded, curl.notSent
                     {
                         failure = UpstreamFailure(curl.cause, error: curl.message, retryable: true)
                     }
-                    pool.attemptFinished(target, failure: failure, on: self.eventLoop)
-                    let tried = tried.union([target.id])
-                    if failure != nil, !self.hasEnded, tried.count < pool.maxAttempts, NIODeadline.now() < template.deadline ?? .distantFuture {
-                        return self.send(template, slot: slot, started: started, tried: tried)
+                    pool.requestFinished(target, failure: failure, on: self.eventLoop)
+                    if failure != nil, !self.hasEnded, tried.count + 1 < pool.maxAttempts, NIODeadline.now() < template.deadline ?? .distantFuture {
+                        return self.send(template, slot: slot, started: started, tried: tried.union([target.id]))
                     }
                 }
                 self.requestTimer?.recordNanoseconds((NIODeadline.now() - started).nanoseconds)

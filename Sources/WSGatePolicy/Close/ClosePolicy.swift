@@ -42,19 +42,40 @@ public struct CloseDecision: Sendable, Equatable {
 
 /// The pure mapping from a cause (plus details) to what the client sees,
 /// with `close_codes` overrides. No I/O, no state: exhaustively unit-tested.
+///
+/// Per route, in this order: the route's own `close_codes` are final; else
+/// the gateway's `close_codes` or the default code, passed through the
+/// route's `close_profile`. An upstream's close code that is relayed goes
+/// through the profile too (a client that cannot take 1014 cannot take it
+/// from an upstream either); a client's own code is echoed as it was.
 public struct ClosePolicy: Sendable {
     public var overrides: [CloseCause: UInt16]
     public var shutdownCode: UInt16
     public var maxMessageBytes: Int
+    public var profile: CloseProfile
+    public var routeOverrides: [CloseCause: UInt16]
 
-    public init(overrides: [CloseCause: UInt16] = [:], shutdownCode: UInt16 = CloseCode.goingAway, maxMessageBytes: Int = 1_048_576) {
+    public init(
+        overrides: [CloseCause: UInt16] = [:], shutdownCode: UInt16 = CloseCode.goingAway, maxMessageBytes: Int = 1_048_576,
+        profile: CloseProfile = .iana, routeOverrides: [CloseCause: UInt16] = [:]
+    ) {
         self.overrides = overrides
         self.shutdownCode = shutdownCode
         self.maxMessageBytes = maxMessageBytes
+        self.profile = profile
+        self.routeOverrides = routeOverrides
     }
 
+    /// The gateway-wide policy (no route's profile or overrides).
     public init(config: GatewayConfig) {
         self.init(overrides: config.closeCodes, shutdownCode: config.shutdown.closeCode, maxMessageBytes: config.limits.maxMessageBytes)
+    }
+
+    /// The policy of one route.
+    public init(config: GatewayConfig, route: Route) {
+        self.init(
+            overrides: config.closeCodes, shutdownCode: config.shutdown.closeCode, maxMessageBytes: config.limits.maxMessageBytes,
+            profile: route.closeProfile, routeOverrides: route.closeCodes)
     }
 
     /// Codes a `close_codes` override may name: those a client may receive
@@ -71,13 +92,14 @@ public struct ClosePolicy: Sendable {
             guard let code = details.peerCode else {
                 return CloseDecision(code: CloseCode.noStatus, reason: "", action: .sendEmpty)
             }
-            return CloseDecision(code: code, reason: CloseReason.truncate(details.peerReason), action: .sendCode)
+            let relayed = cause == .upstreamClosed ? profile.map(code) : code
+            return CloseDecision(code: relayed, reason: CloseReason.truncate(details.peerReason), action: .sendCode)
         case .clientGone:
             return CloseDecision(code: CloseCode.abnormal, reason: "", action: .none)
         default:
             break
         }
-        let code = overrides[cause] ?? defaultCode(cause, details)
+        let code = routeOverrides[cause] ?? profile.map(overrides[cause] ?? defaultCode(cause, details))
         if code == CloseCode.abnormal {
             return CloseDecision(code: CloseCode.abnormal, reason: "", action: .abort)
         }

@@ -160,6 +160,8 @@ private enum ConfigTables {
         },
         .scalar("discovery", .oneOf, \.pool.discovery),
         .scalar("dns_refresh_ms", .int(100...3_600_000), \.pool.dnsRefreshMs),
+        .scalar("close_profile", .oneOf, \.closeProfile),
+        .custom("close_codes") { reader, node, path, draft in reader.decodeCloseCodes(node, path, &draft.closeCodes) },
         .custom("forward_headers") { reader, node, path, draft in
             reader.decodeForwardHeaders(node, path, &draft.forwardHeaders)
         },
@@ -222,6 +224,8 @@ private struct RouteDraft {
     var tls: Route.UpstreamTLS? = nil
     /// `upstreams:` members (empty for a single `upstream:`) and the pool keys.
     var pool = PoolSettings(members: [])
+    var closeProfile = CloseProfile.iana
+    var closeCodes: [CloseCause: UInt16] = [:]
     var sawUpstream = false
     var sawUpstreams = false
 
@@ -236,6 +240,8 @@ private struct RouteDraft {
         var pool = self.pool
         if pool.members.isEmpty { pool.members = route.pool.members }
         route.pool = pool
+        route.closeProfile = closeProfile
+        route.closeCodes = closeCodes
         return route
     }
 }

@@ -151,6 +151,11 @@ public struct Route: Sendable, Equatable {
     /// `builtin:echo`) and how they are chosen. `upstream` is the first
     /// member: its scheme and path are every member's.
     public var pool: PoolSettings
+    /// `close_profile`: the close-code dialect of this route's clients.
+    public var closeProfile = CloseProfile.iana
+    /// The route's own `close_codes`, final over the profile and the
+    /// gateway's `close_codes`.
+    public var closeCodes: [CloseCause: UInt16] = [:]
 
     public init(path: String, upstream: UpstreamTarget) {
         self.path = path

@@ -59,57 +59,73 @@ public struct PoolState: Sendable {
     /// that is available: then any untried one (panic mode: better to try
     /// than to refuse everyone). Nil when every target has been tried.
     public mutating func choose(hashKey: String?, tried: Set<String>, now: UInt64) -> Target? {
-        let untried = targets.indices.filter { !tried.contains(targets[$0].id) }
-        guard !untried.isEmpty else { return nil }
-        let available = untried.filter { targets[$0].isAvailable(at: now) }
-        let candidates = available.isEmpty ? untried : available
+        // Counted first, so that the common case (nothing tried, every target
+        // available) allocates nothing: this runs per connection and per
+        // HTTP request.
+        var untried = 0
+        var available = 0
+        for t in targets where tried.isEmpty || !tried.contains(t.id) {
+            untried += 1
+            if t.isAvailable(at: now) { available += 1 }
+        }
+        guard untried > 0 else { return nil }
+        if targets.count == 1 { return targets[0] }
+        let onlyAvailable = available > 0
+        func isCandidate(_ t: Target) -> Bool {
+            (tried.isEmpty || !tried.contains(t.id)) && (!onlyAvailable || t.isAvailable(at: now))
+        }
         let chosen: Int
         switch settings.balance {
         case .roundRobin:
-            chosen = smoothWeightedRoundRobin(candidates)
+            chosen = smoothWeightedRoundRobin(isCandidate)
         case .leastConnections:
-            chosen = leastConnections(candidates)
+            chosen = leastConnections(isCandidate)
         case .hash:
-            chosen = ringLookup(hashKey ?? "", candidates: Set(candidates)) ?? smoothWeightedRoundRobin(candidates)
+            chosen = ringLookup(hashKey ?? "", isCandidate) ?? smoothWeightedRoundRobin(isCandidate)
         }
         return targets[chosen]
     }
 
     /// nginx's smooth weighted round robin: every candidate gains its
     /// weight, the richest is chosen and pays the total.
-    private mutating func smoothWeightedRoundRobin(_ candidates: [Int]) -> Int {
+    private mutating func smoothWeightedRoundRobin(_ isCandidate: (Target) -> Bool) -> Int {
         var total = 0
-        var best = candidates[0]
-        for i in candidates {
+        var best = -1
+        for i in targets.indices where isCandidate(targets[i]) {
             targets[i].currentWeight += targets[i].member.weight
             total += targets[i].member.weight
-            if targets[i].currentWeight > targets[best].currentWeight { best = i }
+            if best < 0 || targets[i].currentWeight > targets[best].currentWeight { best = i }
         }
         targets[best].currentWeight -= total
         return best
     }
 
     /// Fewest active connections per unit of weight; ties rotate.
-    private mutating func leastConnections(_ candidates: [Int]) -> Int {
-        var best: [Int] = []
+    private mutating func leastConnections(_ isCandidate: (Target) -> Bool) -> Int {
         var bestLoad = Double.infinity
-        for i in candidates {
-            let load = Double(targets[i].active) / Double(targets[i].member.weight)
+        var ties = 0
+        for t in targets where isCandidate(t) {
+            let load = Double(t.active) / Double(t.member.weight)
             if load < bestLoad {
                 bestLoad = load
-                best = [i]
+                ties = 1
             } else if load == bestLoad {
-                best.append(i)
+                ties += 1
             }
         }
         roundRobinNext &+= 1
-        return best[roundRobinNext % best.count]
+        var pick = roundRobinNext % ties
+        for i in targets.indices where isCandidate(targets[i]) && Double(targets[i].active) / Double(targets[i].member.weight) == bestLoad {
+            if pick == 0 { return i }
+            pick -= 1
+        }
+        return 0  // unreachable: `ties` candidates have the best load
     }
 
     /// The first candidate clockwise from the key's point on the ring: a key
     /// keeps its target while that target is available, whatever happens to
     /// the others.
-    private func ringLookup(_ key: String, candidates: Set<Int>) -> Int? {
+    private func ringLookup(_ key: String, _ isCandidate: (Target) -> Bool) -> Int? {
         guard !ring.isEmpty else { return nil }
         let h = Self.hash(key)
         var lo = 0, hi = ring.count
@@ -119,7 +135,7 @@ public struct PoolState: Sendable {
         }
         for step in 0..<ring.count {
             let entry = ring[(lo + step) % ring.count]
-            if candidates.contains(entry.index) { return entry.index }
+            if isCandidate(targets[entry.index]) { return entry.index }
         }
         return nil
     }
