@@ -110,8 +110,18 @@ public final class GatewayServer: Sendable {
     public func drain(timeout: TimeAmount) async {
         gateway.startDraining()  // /readyz answers 503 from now on
         await stopAccepting()
-        for session in gateway.registry.all {
-            session.eventLoop.execute { session.shutdown() }
+        let sessions = gateway.registry.all.shuffled()
+        let spread = Double(gateway.config.shutdown.spreadMs)
+        for (i, session) in sessions.enumerated() {
+            if spread > 0 {
+                // Stratified jitter: the i-th close falls at a random point of
+                // the i-th of n equal slices of the window, so the closes are
+                // uniform over it, never bunched.
+                let ms = spread * (Double(i) + Double.random(in: 0..<1)) / Double(sessions.count)
+                session.eventLoop.scheduleTask(in: .microseconds(Int64(ms * 1000))) { session.shutdown() }
+            } else {
+                session.eventLoop.execute { session.shutdown() }
+            }
         }
         let deadline = NIODeadline.now() + timeout
         while gateway.registry.count > 0 && NIODeadline.now() < deadline {

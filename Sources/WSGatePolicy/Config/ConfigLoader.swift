@@ -108,6 +108,7 @@ private enum ConfigTables {
         ]),
         .section("shutdown", [
             .scalar("drain_timeout_ms", .int(0...3_600_000), \.shutdown.drainTimeoutMs),
+            .scalar("spread_ms", .int(0...3_600_000), \.shutdown.spreadMs),
             .scalar("close_code", .shutdownCloseCode, \.shutdown.closeCode),
         ]),
         // `level` first: the environment variables are applied, and listed in
@@ -872,6 +873,9 @@ private struct Reader {
     }
 
     mutating func validate(_ config: inout GatewayConfig) {
+        if config.shutdown.spreadMs > 0 && config.shutdown.spreadMs >= config.shutdown.drainTimeoutMs {
+            problem("shutdown.spread_ms", "must be less than shutdown.drain_timeout_ms (\(config.shutdown.drainTimeoutMs)), which bounds the whole drain")
+        }
         if config.listen.port != 0, config.listen.port == config.admin.port,
             config.listen.host == config.admin.host || config.listen.host == "0.0.0.0" || config.admin.host == "0.0.0.0"
         {

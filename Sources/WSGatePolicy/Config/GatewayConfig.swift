@@ -44,6 +44,9 @@ public struct GatewayConfig: Sendable, Equatable {
 
     public struct Shutdown: Sendable, Equatable {
         public var drainTimeoutMs = 10_000
+        /// The drain's closes are spread over this window (with jitter), so
+        /// that reconnecting clients do not stampede the other instances.
+        public var spreadMs = 0
         public var closeCode: UInt16 = CloseCode.goingAway
     }
 
