@@ -133,6 +133,20 @@ final class GatewayMetrics: Sendable {
         gauge.set(healthy ? 1 : 0)
     }
 
+    private let rateCounters = NIOLockedValueBox<[String: CoreMetrics.Counter]>([:])
+
+    /// `wsgate_rate_limited_total{route,action}`: read batches over a
+    /// client's rate (throttled), or connections closed for it.
+    func rateLimited(route: String, action: String) {
+        let key = "\(route)|\(action)"
+        rateCounters.withLockedValue { counters -> CoreMetrics.Counter in
+            if let c = counters[key] { return c }
+            let c = CoreMetrics.Counter(label: "wsgate_rate_limited_total", dimensions: [("route", route), ("action", action)], factory: factory)
+            counters[key] = c
+            return c
+        }.increment()
+    }
+
     /// A target DNS no longer lists: its gauge goes (its counters stay, as
     /// counters do).
     func upstreamRemoved(route: String, target: String) {

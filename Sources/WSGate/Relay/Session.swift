@@ -59,6 +59,15 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     /// times it was dialled: the log line's `target` and `attempts`.
     private let upstreamTarget: String?
     private var connectAttempts = 0
+    /// The address this connection counts against (`max_connections_per_ip`).
+    private var countedIP: String?
+    /// `rate_limit`: the client's buckets, and the timer that resumes a
+    /// throttled client.
+    private var rateLimiter: RateLimiter?
+    private var throttleTimer: Scheduled<Void>?
+    /// What a throttled client sent in the read that put it over: held until
+    /// it is back under (at most one read cycle: it is not read meanwhile).
+    private var heldBatches: [FrameBatch] = []
 
     init(id: String, route: Route, upstreamURL: URLParts?, clientAddress: String, eventLoop: EventLoop, environment: SessionEnvironment) {
         self.id = id
@@ -75,6 +84,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         self.machine = SessionStateMachine(
             policy: environment.policy(for: route), idleTimeout: environment.settings.idleTimeout,
             closeHandshake: environment.settings.closeHandshake)
+        self.rateLimiter = route.rateLimit.map { RateLimiter($0, now: NIODeadline.now().uptimeNanoseconds) }
     }
 
     /// The connection's phase (for tests and debugging).
@@ -106,9 +116,17 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
 
     /// Starts a session that is refused after the upgrade (over the
     /// connection limit): the client gets a close code it can act on.
-    func startRefused(_ cause: CloseCause) {
+    func startRefused(_ cause: CloseCause, error: String? = nil) {
         environment.registry.add(self)
-        perform(machine.refused(cause))
+        perform(machine.refused(cause, error: error))
+    }
+
+    /// Counts this connection against `max_connections_per_ip`; false when
+    /// the address is at the limit.
+    func countIP(_ ip: String) -> Bool {
+        guard environment.perIP.enter(ip) else { return false }
+        countedIP = ip
+        return true
     }
 
     /// The client's frame format: what the upstream takes (echo without an
@@ -135,14 +153,49 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
 
     /// Whether the client leg may read more: only while the upstream can take
     /// it, except once closing, when the client's close reply must be read.
-    var legMayRead: Bool { machine.mayReadClient(upstreamWritable: upstream?.isWritable ?? false) }
+    var legMayRead: Bool { throttleTimer == nil && machine.mayReadClient(upstreamWritable: upstream?.isWritable ?? false) }
 
     /// Client data frames of one read, serialized in `clientFrameFormat`.
     func legFrames(_ batch: FrameBatch) {
         guard machine.relaysClientData else { return }  // after a decision, data is dropped
         bytesIn &+= UInt64(batch.payloadBytes)
         messagesIn &+= UInt64(batch.messages)
+        if rateLimiter != nil {
+            if throttleTimer != nil {
+                heldBatches.append(batch)  // the rest of the read cycle that went over
+                return
+            }
+            guard admitUnderRateLimit(batch) else { return }
+        }
         upstream?.send(batch)
+    }
+
+    /// `rate_limit`: counts a read batch. Over the rate with `throttle`, the
+    /// batch is held and the client is not read until it is back under (its
+    /// TCP window fills: backpressure), then the batch goes on; with `close`
+    /// the batch is dropped and the connection closed 1008.
+    private func admitUnderRateLimit(_ batch: FrameBatch) -> Bool {
+        let over = rateLimiter!.take(messages: batch.messages, bytes: batch.payloadBytes, now: NIODeadline.now().uptimeNanoseconds)
+        guard over > 0 else { return true }
+        let action = rateLimiter!.settings.action
+        environment.metrics.rateLimited(route: route.path, action: action.rawValue)
+        switch action {
+        case .close:
+            perform(machine.policyClose(.rateLimited, error: "client \(rateLimiter!.description)"))
+            return false
+        case .throttle:
+            heldBatches.append(batch)
+            throttleTimer = eventLoop.scheduleTask(in: .nanoseconds(Int64(over))) { [self] in
+                self.throttleTimer = nil
+                let held = self.heldBatches
+                self.heldBatches = []
+                guard self.machine.relaysClientData else { return }
+                for batch in held { self.upstream?.send(batch) }
+                self.upstream?.flush()
+                self.client?.resumeReading()
+            }
+            return false
+        }
     }
 
     func legReadComplete() {
@@ -303,6 +356,12 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     private func end(_ ending: SessionStateMachine.Ending) {
         closeTimer?.cancel()
         idleTimer?.cancel()
+        throttleTimer?.cancel()
+        heldBatches = []
+        if let ip = countedIP {
+            environment.perIP.leave(ip)
+            countedIP = nil
+        }
         environment.registry.remove(self)
         switch ending {
         case .abandonedBeforeUpgrade(let error):

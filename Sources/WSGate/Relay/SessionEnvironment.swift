@@ -13,11 +13,13 @@ final class SessionEnvironment: Sendable {
     let logger: Logger
     let metrics: GatewayMetrics
     let registry = SessionRegistry()
+    let perIP: ConnectionsPerIP
 
     init(
         policy: ClosePolicy, routePolicies: [String: ClosePolicy] = [:], settings: SessionSettings, eventLog: EventLog,
-        logger: Logger, metrics: GatewayMetrics
+        logger: Logger, metrics: GatewayMetrics, maxConnectionsPerIP: Int = 0
     ) {
+        self.perIP = ConnectionsPerIP(limit: maxConnectionsPerIP)
         self.policy = policy
         self.routePolicies = routePolicies
         self.settings = settings

@@ -229,6 +229,12 @@ struct SessionStateMachine {
         return decide(cause, CloseDetails(), error: error)
     }
 
+    /// The gateway ends a relayed connection by its own policy (a client
+    /// over its rate limit).
+    mutating func policyClose(_ cause: CloseCause, error: String?) -> Actions {
+        decide(cause, CloseDetails(), error: error)
+    }
+
     /// The client's 101 went out and its frame handler is in place.
     mutating func clientAttached() -> Actions {
         guard client == .awaitingUpgrade else { return .none }  // gone before its 101

@@ -75,6 +75,12 @@ final class ClientConnection: @unchecked Sendable {
             session.startRefused(.overloaded)
             return eventLoop.makeSucceededFuture(HTTPHeaders())
         }
+        let ip = forwarded.clientIP ?? channel.remoteAddress?.ipAddress ?? "unknown"
+        guard session.countIP(ip) else {
+            let limit = gateway.config.limits.maxConnectionsPerIP
+            session.startRefused(.overloaded, error: "\(ip) has \(limit) connections already (limits.max_connections_per_ip)")
+            return eventLoop.makeSucceededFuture(HTTPHeaders())
+        }
         // Registered before the drain check: a drain starting now either
         // finds this session in the registry or is seen by the check.
         gateway.registry.add(session)

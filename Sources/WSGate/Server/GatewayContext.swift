@@ -58,7 +58,8 @@ final class GatewayContext: AdminStatus {
         self.environment = SessionEnvironment(
             policy: ClosePolicy(config: config),
             routePolicies: Dictionary(uniqueKeysWithValues: config.routes.map { ($0.path, ClosePolicy(config: config, route: $0)) }),
-            settings: settings, eventLog: eventLog, logger: logger, metrics: metrics)
+            settings: settings, eventLog: eventLog, logger: logger, metrics: metrics,
+            maxConnectionsPerIP: config.limits.maxConnectionsPerIP)
         self.serverTLS = try config.listen.tls.map { try ServerTLS.context($0, shutdownTimeout: settings.closeHandshake) }
         self.upstreams = try UpstreamResources(
             config: config, settings: settings, logger: logger, metrics: metrics, group: group)

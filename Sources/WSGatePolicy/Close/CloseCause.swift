@@ -17,6 +17,8 @@ public enum CloseCause: String, Sendable, CaseIterable, Hashable {
     case idleTimeout = "idle_timeout"
     case shutdown = "shutdown"
     case overloaded = "overloaded"
+    /// Contract §8: a client over its route's `rate_limit` with `action: close`.
+    case rateLimited = "rate_limited"
     case internalError = "internal_error"
 
     /// Causes whose code is the peer's own (echoed or relayed), or where

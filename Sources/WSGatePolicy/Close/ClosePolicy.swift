@@ -129,6 +129,7 @@ public struct ClosePolicy: Sendable {
         case .idleTimeout: return CloseCode.goingAway
         case .shutdown: return shutdownCode
         case .overloaded: return CloseCode.tryAgainLater
+        case .rateLimited: return CloseCode.policyViolation
         case .internalError: return CloseCode.internalError
         }
     }
@@ -152,6 +153,7 @@ public struct ClosePolicy: Sendable {
         case .idleTimeout: return "idle timeout"
         case .shutdown: return shutdownCode == CloseCode.serviceRestart ? "gateway restarting" : "gateway shutting down"
         case .overloaded: return "gateway overloaded, try again later"
+        case .rateLimited: return "rate limit exceeded"
         case .internalError: return "internal error"
         }
     }

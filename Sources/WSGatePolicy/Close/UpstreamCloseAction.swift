@@ -35,6 +35,8 @@ extension ClosePolicy {
             return .close(code: shutdownCode, reason: defaultReason(.shutdown, details))
         case .overloaded:
             return .close(code: CloseCode.tryAgainLater, reason: "gateway overloaded")
+        case .rateLimited:
+            return .close(code: CloseCode.goingAway, reason: "client over its rate limit")
         case .internalError:
             return .close(code: CloseCode.internalError, reason: "gateway internal error")
         case .upstreamClosed, .upstreamProtocolError:

@@ -99,6 +99,7 @@ private enum ConfigTables {
             .scalar("idle_timeout_ms", .int(0...86_400_000), \.limits.idleTimeoutMs),
             .scalar("max_header_bytes", .int(1_024...1_048_576), \.limits.maxHeaderBytes),
             .scalar("max_pending_handshakes", .int(1...10_000_000), \.limits.maxPendingHandshakes),
+            .scalar("max_connections_per_ip", .int(0...10_000_000), \.limits.maxConnectionsPerIP),
         ]),
         .section("timeouts", [
             .scalar("upstream_connect_ms", .int(1...3_600_000), \.timeouts.upstreamConnectMs),
@@ -163,6 +164,17 @@ private enum ConfigTables {
         .scalar("dns_refresh_ms", .int(100...3_600_000), \.pool.dnsRefreshMs),
         .scalar("close_profile", .oneOf, \.closeProfile),
         .custom("close_codes") { reader, node, path, draft in reader.decodeCloseCodes(node, path, &draft.closeCodes) },
+        .custom("rate_limit") { reader, node, path, draft in
+            var limit = RateLimit()
+            guard reader.decode(node, at: path, by: ConfigTables.rateLimit, into: &limit) else { return }
+            if limit.messagesPerSecond == nil && limit.bytesPerSecond == nil {
+                reader.problem(path, "needs messages_per_second or bytes_per_second")
+            } else if limit.burstMessages != nil && limit.messagesPerSecond == nil {
+                reader.problem(childPath(path, "burst_messages"), "only applies with messages_per_second")
+            } else {
+                draft.rateLimit = limit
+            }
+        },
         .custom("forward_headers") { reader, node, path, draft in
             reader.decodeForwardHeaders(node, path, &draft.forwardHeaders)
         },
@@ -183,6 +195,13 @@ private enum ConfigTables {
         .scalar("connect_url", .httpURL, \.connectURL),
         .scalar("disconnect_url", .httpURL, \.disconnectURL),
         .scalar("on_error", .oneOf, \.onError),
+    ]
+
+    static let rateLimit: [ConfigKey<RateLimit>] = [
+        .scalar("messages_per_second", .int(1...10_000_000), \.messagesPerSecond),
+        .scalar("bytes_per_second", .int(1...(1 << 40)), \.bytesPerSecond),
+        .scalar("burst_messages", .int(1...10_000_000), \.burstMessages),
+        .scalar("action", .oneOf, \.action),
     ]
 
     static let routeHealth: [ConfigKey<PoolSettings.Health>] = [
@@ -226,6 +245,7 @@ private struct RouteDraft {
     /// `upstreams:` members (empty for a single `upstream:`) and the pool keys.
     var pool = PoolSettings(members: [])
     var closeProfile = CloseProfile.iana
+    var rateLimit: RateLimit? = nil
     var closeCodes: [CloseCause: UInt16] = [:]
     var sawUpstream = false
     var sawUpstreams = false
@@ -243,6 +263,7 @@ private struct RouteDraft {
         route.pool = pool
         route.closeProfile = closeProfile
         route.closeCodes = closeCodes
+        route.rateLimit = rateLimit
         return route
     }
 }

@@ -33,6 +33,9 @@ public struct GatewayConfig: Sendable, Equatable {
         /// Connections accepted but not yet upgraded or rejected; over it a
         /// new connection is closed at once (and counted).
         public var maxPendingHandshakes = 1_000
+        /// Upgraded connections from one client address (0: no limit); over
+        /// it the connection is upgraded, then closed 1013.
+        public var maxConnectionsPerIP = 0
     }
 
     public struct Timeouts: Sendable, Equatable {
@@ -159,6 +162,8 @@ public struct Route: Sendable, Equatable {
     /// The route's own `close_codes`, final over the profile and the
     /// gateway's `close_codes`.
     public var closeCodes: [CloseCause: UInt16] = [:]
+    /// `rate_limit`: how fast one client of this route may send.
+    public var rateLimit: RateLimit? = nil
 
     public init(path: String, upstream: UpstreamTarget) {
         self.path = path
