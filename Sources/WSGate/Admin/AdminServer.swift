@@ -8,6 +8,8 @@ import NIOPosix
 protocol AdminStatus: Sendable {
     /// True once a drain started: `/readyz` answers 503.
     var isDraining: Bool { get }
+    /// Why `/readyz` answers 503 (draining, keys not loaded), or nil.
+    var notReadyReason: String? { get }
     /// The Prometheus text for `/metrics`.
     func metricsText() -> String
     /// `GET /upstreams`: every route's targets, health, ejection, load.
@@ -128,9 +130,9 @@ private final class AdminHandler: ChannelInboundHandler {
             status = .ok
             body = "ok\n"
         case (.GET, "/readyz"), (.HEAD, "/readyz"):
-            if gateway.isDraining {
+            if let reason = gateway.notReadyReason {
                 status = .serviceUnavailable
-                body = "draining\n"
+                body = reason == "draining" ? "draining\n" : "not ready: \(reason)\n"
             } else {
                 status = .ok
                 body = "ready\n"

@@ -65,6 +65,9 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     /// throttled client.
     private var rateLimiter: RateLimiter?
     private var throttleTimer: Scheduled<Void>?
+    /// The token's `sub` (the log's `subject`), and the timer at its `exp`.
+    private var subject: String?
+    private var expiryTimer: Scheduled<Void>?
     /// What a throttled client sent in the read that put it over: held until
     /// it is back under (at most one read cycle: it is not read meanwhile).
     private var heldBatches: [FrameBatch] = []
@@ -116,9 +119,22 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
 
     /// Starts a session that is refused after the upgrade (over the
     /// connection limit): the client gets a close code it can act on.
-    func startRefused(_ cause: CloseCause, error: String? = nil) {
+    func startRefused(_ cause: CloseCause, reason: String? = nil, error: String? = nil) {
         environment.registry.add(self)
-        perform(machine.refused(cause, error: error))
+        perform(machine.refused(cause, reason: reason, error: error))
+    }
+
+    /// The client's token passed: its subject is logged, and the connection
+    /// is closed 1008 `token expired` when its `exp` passes (a timer, not a
+    /// poll).
+    func authenticated(subject: String?, expiresAt: Double?) {
+        self.subject = subject
+        guard let expiresAt else { return }
+        let left = expiresAt - Double(Timestamp.nowMilliseconds()) / 1000
+        expiryTimer = eventLoop.scheduleTask(in: .milliseconds(Int64(max(0, left) * 1000))) { [self] in
+            self.expiryTimer = nil
+            self.perform(self.machine.policyClose(.tokenExpired, error: "the token's exp passed"))
+        }
     }
 
     /// Counts this connection against `max_connections_per_ip`; false when
@@ -357,6 +373,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         closeTimer?.cancel()
         idleTimer?.cancel()
         throttleTimer?.cancel()
+        expiryTimer?.cancel()
         heldBatches = []
         if let ip = countedIP {
             environment.perIP.leave(ip)
@@ -377,7 +394,8 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
                 upstreamReason: outcome.upstreamReason, upstreamStatus: outcome.upstreamStatus,
                 error: outcome.error.map(environment.eventLog.redaction.redact),
                 durationMs: duration, messagesIn: messagesIn, messagesOut: messagesOut, bytesIn: bytesIn, bytesOut: bytesOut,
-                target: connectAttempts > 0 ? upstreamTarget : nil, attempts: upstreamTarget == nil ? nil : connectAttempts)
+                target: connectAttempts > 0 ? upstreamTarget : nil, attempts: upstreamTarget == nil ? nil : connectAttempts,
+                subject: subject)
             if let report = upstream?.dialled {
                 // A pool: the target chosen last and every attempt.
                 event.target = report.target

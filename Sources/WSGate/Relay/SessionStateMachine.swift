@@ -224,9 +224,9 @@ struct SessionStateMachine {
 
     /// The connection is refused after the upgrade (over the connection limit,
     /// no upstream to be had): there is no upstream leg at all.
-    mutating func refused(_ cause: CloseCause, error: String? = nil) -> Actions {
+    mutating func refused(_ cause: CloseCause, reason: String? = nil, error: String? = nil) -> Actions {
         upstream = .ended
-        return decide(cause, CloseDetails(), error: error)
+        return decide(cause, CloseDetails(reasonOverride: reason), error: error)
     }
 
     /// The gateway ends a relayed connection by its own policy (a client

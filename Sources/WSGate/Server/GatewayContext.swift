@@ -16,6 +16,21 @@ final class GatewayContext: AdminStatus {
     /// `listen.tls`: terminate wss:// here.
     let serverTLS: NIOSSLContext?
     private let draining = NIOLockedValueBox(false)
+    /// Each `auth` route's token verifier, by route path (made at start).
+    let verifiers = NIOLockedValueBox<[String: JWTVerifier]>([:])
+
+    func verifier(for route: Route) -> JWTVerifier? {
+        route.auth == nil ? nil : verifiers.withLockedValue { $0[route.path] }
+    }
+
+    /// Ready for traffic: not draining, and every JWKS a route needs has
+    /// loaded (`/readyz`).
+    var notReadyReason: String? {
+        if isDraining { return "draining" }
+        let waiting = verifiers.withLockedValue { $0.values.filter { !$0.isReady }.map(\.route) }
+        return waiting.isEmpty ? nil : "signing keys not loaded for \(waiting.sorted().joined(separator: ", "))"
+    }
+
     /// Connections accepted and not yet upgraded or answered.
     let pendingHandshakes: PendingHandshakes
 

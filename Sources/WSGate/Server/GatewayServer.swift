@@ -39,6 +39,17 @@ public final class GatewayServer: Sendable {
                 "route": .string(route.path), "upstream": .string(route.upstream.description),
             ])
         }
+        // Token verifiers: keys from files and the environment load now (a
+        // bad one stops the start); JWKS URLs are fetched in the background.
+        for route in gateway.config.routes {
+            guard let auth = route.auth else { continue }
+            let loop = group.next()
+            let verifier = try await JWTVerifier(
+                route: route.path, settings: auth, curl: gateway.upstreams.curl?.client(for: loop), eventLoop: loop,
+                logger: gateway.logger)
+            verifier.start()
+            gateway.verifiers.withLockedValue { $0[route.path] = verifier }
+        }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -139,6 +150,7 @@ public final class GatewayServer: Sendable {
         // The hooks of the last connections (disconnect_url) and anything
         // still running get a bounded share, then are aborted.
         await gateway.upstreams.stopPools()
+        for verifier in gateway.verifiers.withLockedValue({ Array($0.values) }) { verifier.stop() }
         await gateway.upstreams.curl?.shutdown(abortAt: max(deadline, .now()) + .milliseconds(500))
         await admin.stop()
     }

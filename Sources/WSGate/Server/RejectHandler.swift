@@ -19,6 +19,14 @@ final class RejectHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(let head) = unwrapInboundIn(data), !responded else { return }
+        if let failure = connection.authRejection {
+            // `auth.on_failure: reject`: the token was refused before the upgrade.
+            var r = HandshakeCheck.Rejection(status: .unauthorized, reason: "unauthorized: \(failure)")
+            r.extraHeaders = [("WWW-Authenticate", "Bearer error=\"invalid_token\"")]
+            if let match = connection.gateway.routes.match(requestTarget: head.uri) { r.route = match.route.path }
+            respond(context: context, r, method: head.method.rawValue, path: head.uri, origin: head.headers.first(name: "origin"))
+            return
+        }
         let rejection: HandshakeCheck.Rejection
         switch HandshakeCheck.evaluate(head, routes: connection.gateway.routes) {
         case .reject(let r): rejection = r

@@ -49,7 +49,11 @@ final class UpstreamResources: Sendable {
         self.tls = tls
         let needsHTTP = config.routes.contains { if case .http = $0.upstream { return true } else { return false } }
         // libcurl also runs the active health checks.
-        let needsCurl = needsHTTP || config.routes.contains { $0.pool.health != nil }
+        let needsCurl = needsHTTP || config.routes.contains { route in
+            if route.pool.health != nil { return true }
+            if case .jwksURL? = route.auth?.keys { return true }
+            return false
+        }
         self.curl = needsCurl ? CurlWorkers(group: group) : nil
     }
 

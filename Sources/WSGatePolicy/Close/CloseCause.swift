@@ -19,6 +19,10 @@ public enum CloseCause: String, Sendable, CaseIterable, Hashable {
     case overloaded = "overloaded"
     /// Contract §8: a client over its route's `rate_limit` with `action: close`.
     case rateLimited = "rate_limited"
+    /// Contract §8: the route requires a token and it is missing or invalid.
+    case unauthorized = "unauthorized"
+    /// Contract §8: a relayed connection's token reached its `exp`.
+    case tokenExpired = "token_expired"
     case internalError = "internal_error"
 
     /// Causes whose code is the peer's own (echoed or relayed), or where

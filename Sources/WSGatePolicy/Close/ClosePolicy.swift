@@ -129,7 +129,7 @@ public struct ClosePolicy: Sendable {
         case .idleTimeout: return CloseCode.goingAway
         case .shutdown: return shutdownCode
         case .overloaded: return CloseCode.tryAgainLater
-        case .rateLimited: return CloseCode.policyViolation
+        case .rateLimited, .unauthorized, .tokenExpired: return CloseCode.policyViolation
         case .internalError: return CloseCode.internalError
         }
     }
@@ -154,6 +154,8 @@ public struct ClosePolicy: Sendable {
         case .shutdown: return shutdownCode == CloseCode.serviceRestart ? "gateway restarting" : "gateway shutting down"
         case .overloaded: return "gateway overloaded, try again later"
         case .rateLimited: return "rate limit exceeded"
+        case .unauthorized: return "unauthorized"
+        case .tokenExpired: return "token expired"
         case .internalError: return "internal error"
         }
     }

@@ -37,6 +37,10 @@ extension ClosePolicy {
             return .close(code: CloseCode.tryAgainLater, reason: "gateway overloaded")
         case .rateLimited:
             return .close(code: CloseCode.goingAway, reason: "client over its rate limit")
+        case .unauthorized:
+            return .abort  // never connected: the handshake stopped at the token
+        case .tokenExpired:
+            return .close(code: CloseCode.goingAway, reason: "client token expired")
         case .internalError:
             return .close(code: CloseCode.internalError, reason: "gateway internal error")
         case .upstreamClosed, .upstreamProtocolError:

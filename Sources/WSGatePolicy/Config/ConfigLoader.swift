@@ -1,6 +1,14 @@
 import WSGateProtocol
 import Yams
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// One problem found in a config file, with the key path it is about
 /// (`routes[1].upstream`, `limits.max_conections`).
 public struct ConfigProblem: Sendable, Equatable, CustomStringConvertible {
@@ -164,6 +172,7 @@ private enum ConfigTables {
         .scalar("dns_refresh_ms", .int(100...3_600_000), \.pool.dnsRefreshMs),
         .scalar("close_profile", .oneOf, \.closeProfile),
         .custom("close_codes") { reader, node, path, draft in reader.decodeCloseCodes(node, path, &draft.closeCodes) },
+        .custom("auth") { reader, node, path, draft in reader.decodeAuth(node, path, &draft) },
         .custom("rate_limit") { reader, node, path, draft in
             var limit = RateLimit()
             guard reader.decode(node, at: path, by: ConfigTables.rateLimit, into: &limit) else { return }
@@ -246,6 +255,7 @@ private struct RouteDraft {
     var pool = PoolSettings(members: [])
     var closeProfile = CloseProfile.iana
     var rateLimit: RateLimit? = nil
+    var auth: AuthSettings? = nil
     var closeCodes: [CloseCause: UInt16] = [:]
     var sawUpstream = false
     var sawUpstreams = false
@@ -264,6 +274,7 @@ private struct RouteDraft {
         route.closeProfile = closeProfile
         route.closeCodes = closeCodes
         route.rateLimit = rateLimit
+        route.auth = auth
         return route
     }
 }
@@ -801,6 +812,82 @@ private struct Reader {
         }
         draft.upstream = first
         draft.pool.members = members
+    }
+
+    /// `auth`: `jwt` (its keys from exactly one of `jwks_url`, `keys_file`,
+    /// `hmac_secret_env`) and `on_failure`.
+    mutating func decodeAuth(_ node: Node, _ path: String, _ draft: inout RouteDraft) {
+        guard let entries = mapping(node, path, allowed: ["jwt", "on_failure"]) else { return }
+        guard let jwt = entries["jwt"] else {
+            problem(childPath(path, "jwt"), "required key is missing")
+            return
+        }
+        let jwtPath = childPath(path, "jwt")
+        let keys = ["jwks_url", "keys_file", "hmac_secret_env", "issuer", "audiences", "leeway_ms", "token_from", "forward_claims", "jwks_refresh_ms"]
+        guard let fields = mapping(jwt, jwtPath, allowed: keys) else { return }
+        var sources: [AuthSettings.Keys] = []
+        if let node = fields["jwks_url"], let url = value(node, childPath(jwtPath, "jwks_url"), as: .httpURL) { sources.append(.jwksURL(url)) }
+        if let node = fields["keys_file"], let file = value(node, childPath(jwtPath, "keys_file"), as: .string) {
+            if access(file, R_OK) == 0 {
+                sources.append(.file(file))
+            } else {
+                problem(childPath(jwtPath, "keys_file"), "cannot read \(JSONText.quoted(file))")
+            }
+        }
+        if let node = fields["hmac_secret_env"], let name = value(node, childPath(jwtPath, "hmac_secret_env"), as: .string) {
+            sources.append(.hmacSecretEnv(name))
+        }
+        let present = ["jwks_url", "keys_file", "hmac_secret_env"].filter { fields[$0] != nil }
+        guard present.count == 1 else {
+            problem(jwtPath, present.isEmpty ? "needs one of jwks_url, keys_file, hmac_secret_env" : "give only one of \(present.joined(separator: ", "))")
+            return
+        }
+        guard let source = sources.first else { return }
+        var settings = AuthSettings(keys: source)
+        if let node = fields["issuer"], let issuer = value(node, childPath(jwtPath, "issuer"), as: .string) { settings.issuer = issuer }
+        if let node = fields["audiences"], let list = stringList(node, childPath(jwtPath, "audiences")) { settings.audiences = list }
+        if let node = fields["leeway_ms"], let ms = value(node, childPath(jwtPath, "leeway_ms"), as: .int(0...3_600_000)) { settings.leewayMs = ms }
+        if let node = fields["jwks_refresh_ms"], let ms = value(node, childPath(jwtPath, "jwks_refresh_ms"), as: .int(1_000...86_400_000)) {
+            settings.jwksRefreshMs = ms
+        }
+        if let node = fields["token_from"], let list = stringList(node, childPath(jwtPath, "token_from")) {
+            var parsed: [AuthSettings.TokenSource] = []
+            for (i, text) in list.enumerated() {
+                if let s = AuthSettings.TokenSource.parse(text) {
+                    parsed.append(s)
+                } else {
+                    problem("\(childPath(jwtPath, "token_from"))[\(i)]", "invalid token source \(JSONText.quoted(text)) (expected header:NAME | query:NAME | cookie:NAME | subprotocol)")
+                }
+            }
+            if list.isEmpty { problem(childPath(jwtPath, "token_from"), "at least one source is required") }
+            settings.tokenFrom = parsed
+        }
+        if let node = fields["forward_claims"] {
+            let claimsPath = childPath(jwtPath, "forward_claims")
+            if case .mapping(let mapping) = node {
+                for (keyNode, valueNode) in mapping {
+                    guard case .scalar(let claim) = keyNode else {
+                        problem(childPath(claimsPath, "(\(kind(keyNode)))"), "unknown key (keys must be strings)")
+                        continue
+                    }
+                    let p = childPath(claimsPath, claim.string)
+                    guard let header = value(valueNode, p, as: .string) else { continue }
+                    if !HeaderRules.isToken(header.lowercased()) {
+                        problem(p, "invalid header name \(JSONText.quoted(header))")
+                    } else if HeaderRules.neverForwarded.contains(header.lowercased()) {
+                        problem(p, "\(JSONText.quoted(header)) is set by the gateway itself")
+                    } else {
+                        settings.forwardClaims.append((claim.string, header))
+                    }
+                }
+            } else {
+                problem(claimsPath, "expected a mapping, found \(kind(node))")
+            }
+        }
+        if let node = entries["on_failure"], let action = value(node, childPath(path, "on_failure"), as: .oneOf) as AuthSettings.OnFailure? {
+            settings.onFailure = action
+        }
+        draft.auth = settings
     }
 
     /// `log.redact_query`: parameter names, matched case-insensitively.

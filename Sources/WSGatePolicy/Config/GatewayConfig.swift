@@ -164,6 +164,8 @@ public struct Route: Sendable, Equatable {
     public var closeCodes: [CloseCause: UInt16] = [:]
     /// `rate_limit`: how fast one client of this route may send.
     public var rateLimit: RateLimit? = nil
+    /// `auth`: a JWT is required at the handshake.
+    public var auth: AuthSettings? = nil
 
     public init(path: String, upstream: UpstreamTarget) {
         self.path = path
