@@ -300,7 +300,7 @@ class Env:
 
     def gateway(self, name: str) -> bb.Gateway:
         """The long-lived gateway `name`; shutdown gateways are made fresh."""
-        if name.startswith("shutdown") or name not in self.gateways:
+        if name.startswith("shutdown") or name not in self.gateways or not self.gateways[name].alive():
             gw = bb.Gateway(self.configs[name], self.tmp, f"{name}-{len(self.stack)}")
             self.stack.append(gw.stop)
             self.started.append(gw)
