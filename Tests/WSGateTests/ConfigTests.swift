@@ -163,15 +163,15 @@ struct ConfigTests {
         let start = try #require(readme.range(of: "Environment variables override single keys:"))
         let paragraph = readme[start.upperBound...].prefix { $0 != "." }
         let documented = paragraph.split(separator: "`").filter { $0.hasPrefix("WSGATE_") }.map(String.init)
-        #expect(documented.count == 4)
+        #expect(documented.count == 5)
         #expect(ConfigLoader.environmentOverrides.map(\.variable) == documented)
-        #expect(ConfigLoader.environmentOverrides.map(\.path) == ["listen.port", "admin.port", "log.level", "log.format"])
+        #expect(ConfigLoader.environmentOverrides.map(\.path) == ["listen.port", "admin.port", "log.level", "log.format", "cluster.instance_id"])
     }
 
     /// Each variable sets the same field, from the same text, as its key in the file.
     @Test func everyEnvironmentOverrideActsLikeItsKey() throws {
         let routes = "routes:\n  - {path: /a, upstream: builtin:echo}\n"
-        let samples = ["listen.port": "1234", "admin.port": "4321", "log.level": "debug", "log.format": "text"]
+        let samples = ["listen.port": "1234", "admin.port": "4321", "log.level": "debug", "log.format": "text", "cluster.instance_id": "pod-7"]
         for (variable, path) in ConfigLoader.environmentOverrides {
             let text = try #require(samples[path], "no sample value for \(path)")
             let parts = path.split(separator: ".")

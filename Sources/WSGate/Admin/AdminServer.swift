@@ -36,17 +36,27 @@ final class AdminServer: Sendable {
     private let logger: Logger
     private let channel = NIOLockedValueBox<Channel?>(nil)
     private let open = NIOLockedValueBox(0)
+    /// The control API, when it is served here.
+    private let control: ControlAPI?
+    /// False for the control API's own listener (`control:`).
+    private let servesAdmin: Bool
+    private let name: String
 
-    init(status: AdminStatus, host: String, port: Int, logger: Logger) {
+    init(status: AdminStatus, host: String, port: Int, logger: Logger, control: ControlAPI? = nil, servesAdmin: Bool = true) {
         self.status = status
         self.host = host
         self.port = port
         self.logger = logger
+        self.control = control
+        self.servesAdmin = servesAdmin
+        self.name = servesAdmin ? "admin" : "control"
     }
 
     func start(group: EventLoopGroup) async throws -> Int {
         let status = self.status
         let open = self.open
+        let control = self.control
+        let servesAdmin = self.servesAdmin
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
@@ -63,13 +73,13 @@ final class AdminServer: Sendable {
                     channel.closeFuture.whenComplete { _ in open.withLockedValue { $0 -= 1 } }
                     try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: Self.idleTimeout))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(status: status))
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(status: status, control: control, servesAdmin: servesAdmin))
                 }
             }
             .bind(host: host, port: port).get()
         self.channel.withLockedValue { $0 = channel }
         let port = channel.localAddress?.port ?? self.port
-        logger.info("admin_listening", metadata: [
+        logger.info("\(name)_listening", metadata: [
             "host": .string(host), "port": .stringConvertible(port),
         ])
         return port
@@ -86,10 +96,17 @@ private final class AdminHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let gateway: AdminStatus
+    private let control: ControlAPI?
+    private let servesAdmin: Bool
     private var request: HTTPRequestHead?
+    /// A control request's body, up to `max_message_bytes`.
+    private var body: ByteBuffer?
+    private var bodyTooBig = false
 
-    init(status: AdminStatus) {
+    init(status: AdminStatus, control: ControlAPI?, servesAdmin: Bool) {
         self.gateway = status
+        self.control = control
+        self.servesAdmin = servesAdmin
     }
 
     /// Idle for `AdminServer.idleTimeout`: closed.
@@ -111,12 +128,50 @@ private final class AdminHandler: ChannelInboundHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             request = head
-        case .body:
-            break
+            body = nil
+            bodyTooBig = false
+        case .body(var part):
+            guard let control, !bodyTooBig else { return }
+            if (body?.readableBytes ?? 0) + part.readableBytes > control.maxMessageBytes {
+                bodyTooBig = true  // the rest is read and dropped; the answer is 413
+                body = nil
+            } else if body == nil {
+                body = part
+            } else {
+                body!.writeBuffer(&part)
+            }
         case .end:
             guard let head = request else { return }
             request = nil
+            let path = head.uri.split(separator: "?", maxSplits: 1).first ?? Substring(head.uri)
+            if let control, ControlAPI.handles(path) {
+                let channel = context.channel
+                let loop = context.eventLoop
+                control.respond(head, body: body, bodyTooBig: bodyTooBig, on: loop).whenSuccess { response in
+                    Self.write(response, head: head, channel: channel)
+                }
+                body = nil
+                return
+            }
+            if !servesAdmin {
+                Self.write(ControlAPI.error(.notFound, "not found"), head: head, channel: context.channel)
+                return
+            }
             respond(context: context, head: head)
+        }
+    }
+
+    /// A control API answer (written from a future's callback, on the loop).
+    private static func write(_ response: ControlAPI.Response, head: HTTPRequestHead, channel: Channel) {
+        var headers = HTTPHeaders([("Content-Type", response.contentType), ("Content-Length", String(response.body.utf8.count))])
+        if !head.isKeepAlive { headers.add(name: "Connection", value: "close") }
+        channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: head.version, status: response.status, headers: headers)), promise: nil)
+        if !response.body.isEmpty {
+            channel.write(HTTPServerResponsePart.body(.byteBuffer(channel.allocator.buffer(string: response.body))), promise: nil)
+        }
+        let keepAlive = head.isKeepAlive
+        channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in
+            if !keepAlive { channel.close(promise: nil) }
         }
     }
 

@@ -23,6 +23,9 @@ struct VerifiedToken: Sendable {
     var expiresAt: Double?
     /// String (or number, boolean) claims, for `forward_claims`.
     var claims: [String: String]
+    /// The `channels` claim (a list, or a comma-separated string): the
+    /// connection's channel subscriptions.
+    var channels: [String] = []
 }
 
 /// Checks the JWTs of one route (`auth.jwt`): the signature with jwt-kit
@@ -227,7 +230,14 @@ final class JWTVerifier: Sendable {
             }
             var forwarded: [String: String] = [:]
             for (name, value) in claims { if let text = value.text { forwarded[name] = text } }
-            return .success(VerifiedToken(subject: claims["sub"]?.string, expiresAt: claims["exp"]?.number, claims: forwarded))
+            var channels: [String] = []
+            if case .array(let items)? = claims["channels"] {
+                channels = items.compactMap(\.string)
+            } else if let text = claims["channels"]?.string {
+                channels = text.split(separator: ",").map { String($0.filter { $0 != " " }) }.filter { !$0.isEmpty }
+            }
+            return .success(VerifiedToken(
+                subject: claims["sub"]?.string, expiresAt: claims["exp"]?.number, claims: forwarded, channels: channels))
         }
     }
 

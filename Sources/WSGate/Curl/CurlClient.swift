@@ -415,7 +415,13 @@ private final class Transfer {
             var typePointer: UnsafePointer<CChar>? = nil
             wsgate_curl_easy_getinfo_string(handle, CURLINFO_CONTENT_TYPE, &typePointer)
             let contentType = typePointer.map(MediaType.parse)
-            let response = CurlResponse(status: status, contentType: contentType, body: responseBody)
+            var response = CurlResponse(status: status, contentType: contentType, body: responseBody)
+            if let name = request.captureHeader {
+                var header: UnsafeMutablePointer<curl_header>? = nil
+                if curl_easy_header(handle, name, 0, UInt32(CURLH_HEADER), -1, &header) == CURLHE_OK, let value = header?.pointee.value {
+                    response.capturedHeader = String(cString: value)
+                }
+            }
             return { promise.succeed(response) }
         }
         let detail = errorBuffer.pointee != 0 ? String(cString: errorBuffer) : String(cString: curl_easy_strerror(code))

@@ -39,6 +39,8 @@ struct CurlRequest: Sendable {
     /// `CURLOPT_CONNECT_TO` entry (`name:port:host:port`), used with
     /// `tls.server_name`: the URL names the server, the entry the address.
     var connectTo: String? = nil
+    /// A response header to keep (`X-WSGate-Channels` of `connect_url`).
+    var captureHeader: String? = nil
 
     /// Requests with per-route TLS options leave them set on the easy
     /// handle, so their handle is not reused for other requests.
@@ -50,6 +52,8 @@ struct CurlResponse: Sendable {
     /// Lower-cased media type without parameters (`text/plain`), if any.
     var contentType: String?
     var body: ByteBuffer
+    /// The value of the request's `captureHeader`, when the response had it.
+    var capturedHeader: String? = nil
 }
 
 /// A transfer that did not produce an HTTP response, already classified.

@@ -89,7 +89,7 @@ final class GatewayMetrics: Sendable {
     /// `3xxx` or `4xxx`: otherwise every client could add up to 2,000 series
     /// per route to what Prometheus stores.
     static func codeLabel(_ event: CloseEvent) -> String {
-        guard event.cause == .clientClosed || event.cause == .upstreamClosed else { return String(event.code) }
+        guard event.cause == .clientClosed || event.cause == .upstreamClosed || event.cause == .kicked else { return String(event.code) }
         if CloseCode.registeredRange.contains(event.code) { return "3xxx" }
         if CloseCode.privateRange.contains(event.code) { return "4xxx" }
         return String(event.code)

@@ -65,8 +65,14 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     /// throttled client.
     private var rateLimiter: RateLimiter?
     private var throttleTimer: Scheduled<Void>?
+    /// When the connection started (ms since the epoch), for the control API.
+    let connectedAt = Timestamp.nowMilliseconds()
+    /// Channels this connection is subscribed to (from `connect_url`'s
+    /// `X-WSGate-Channels` or the token's `channels` claim).
+    private(set) var channels: [String] = []
+    private var subscribed = false
     /// The token's `sub` (the log's `subject`), and the timer at its `exp`.
-    private var subject: String?
+    private(set) var subject: String?
     private var expiryTimer: Scheduled<Void>?
     /// What a throttled client sent in the read that put it over: held until
     /// it is back under (at most one read cycle: it is not read meanwhile).
@@ -127,14 +133,56 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     /// The client's token passed: its subject is logged, and the connection
     /// is closed 1008 `token expired` when its `exp` passes (a timer, not a
     /// poll).
-    func authenticated(subject: String?, expiresAt: Double?) {
+    func authenticated(subject: String?, expiresAt: Double?, channels: [String] = []) {
         self.subject = subject
+        self.channels += channels
         guard let expiresAt else { return }
         let left = expiresAt - Double(Timestamp.nowMilliseconds()) / 1000
         expiryTimer = eventLoop.scheduleTask(in: .milliseconds(Int64(max(0, left) * 1000))) { [self] in
             self.expiryTimer = nil
             self.perform(self.machine.policyClose(.tokenExpired, error: "the token's exp passed"))
         }
+    }
+
+    // MARK: The control API (called on this session's event loop)
+
+    enum PushResult {
+        case sent
+        /// Ended, or not relaying (yet or any more).
+        case gone
+        /// The client is not taking what it is sent (its channel is over its
+        /// high-water mark): the pusher is told 429 rather than queueing more.
+        case busy
+    }
+
+    /// One message to the client, as one frame, between relayed ones.
+    func push(_ payload: ByteBuffer, binary: Bool) -> PushResult {
+        eventLoop.preconditionInEventLoop()
+        guard machine.phase == .relaying, let client else { return .gone }
+        guard client.isWritable else { return .busy }
+        let frame = MaskedFrameWriter.serialize(
+            fin: true, opcode: binary ? .binary : .text, payload: payload, payloadMaskedWith: nil, newKey: nil,
+            allocator: ByteBufferAllocator())
+        messagesOut &+= 1
+        bytesOut &+= UInt64(payload.readableBytes)
+        client.writeFrames(frame)
+        client.flush()
+        lastActivity = .now()
+        return .sent
+    }
+
+    /// Closes the connection with the backend's code (cause `kicked`).
+    func kick(code: UInt16, reason: String) -> Bool {
+        eventLoop.preconditionInEventLoop()
+        guard machine.phase == .relaying || machine.phase == .connecting else { return false }
+        perform(machine.kicked(code: code, reason: reason))
+        return true
+    }
+
+    /// When a frame last passed either way (ms since the epoch).
+    var lastActiveAt: UInt64 {
+        let idle = (NIODeadline.now() - lastActivity).nanoseconds / 1_000_000
+        return Timestamp.nowMilliseconds() - UInt64(max(0, idle))
     }
 
     /// Counts this connection against `max_connections_per_ip`; false when
@@ -343,6 +391,12 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     }
 
     private func startRelaying() {
+        channels += upstream?.subscribedChannels ?? []
+        if !channels.isEmpty {
+            channels = Array(Set(channels)).sorted()
+            environment.channels.subscribe(self, to: channels)
+            subscribed = true
+        }
         for early in earlyUpstreamFrames { upstreamSent(early) }
         earlyUpstreamFrames = []
         client?.flush()
@@ -374,6 +428,10 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         idleTimer?.cancel()
         throttleTimer?.cancel()
         expiryTimer?.cancel()
+        if subscribed {
+            environment.channels.unsubscribe(self, from: channels)
+            subscribed = false
+        }
         heldBatches = []
         if let ip = countedIP {
             environment.perIP.leave(ip)

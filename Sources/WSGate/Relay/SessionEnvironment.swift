@@ -13,6 +13,7 @@ final class SessionEnvironment: Sendable {
     let logger: Logger
     let metrics: GatewayMetrics
     let registry = SessionRegistry()
+    let channels = ChannelRegistry()
     let perIP: ConnectionsPerIP
 
     init(

@@ -235,6 +235,11 @@ struct SessionStateMachine {
         decide(cause, CloseDetails(), error: error)
     }
 
+    /// The backend closed the connection through the control API.
+    mutating func kicked(code: UInt16, reason: String) -> Actions {
+        decide(.kicked, CloseDetails(peerCode: code, peerReason: reason), error: nil)
+    }
+
     /// The client's 101 went out and its frame handler is in place.
     mutating func clientAttached() -> Actions {
         guard client == .awaitingUpgrade else { return .none }  // gone before its 101

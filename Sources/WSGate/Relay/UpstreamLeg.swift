@@ -50,6 +50,10 @@ protocol UpstreamLeg: AnyObject {
     /// made (the log line's `target`, `attempts`, `upstream`); nil for legs
     /// that dial nothing.
     var dialled: DialReport? { get }
+
+    /// Channels the upstream subscribed this connection to while connecting
+    /// (`connect_url`'s `X-WSGate-Channels`).
+    var subscribedChannels: [String] { get }
 }
 
 /// What a leg reports of its connect attempts for the log line.
@@ -65,6 +69,8 @@ extension UpstreamLeg {
     func connectionFinished(_ event: CloseEvent) {}
 
     var dialled: DialReport? { nil }
+
+    var subscribedChannels: [String] { [] }
 
     /// Carries out the upstream half of the close table.
     func apply(_ action: UpstreamCloseAction) {

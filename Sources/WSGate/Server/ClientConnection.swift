@@ -108,7 +108,7 @@ final class ClientConnection: @unchecked Sendable {
             headerValues: head.headers["x-forwarded-for"], peerIP: channel.remoteAddress?.ipAddress,
             trustedProxies: gateway.config.trustedProxies)
         let session = Session(
-            id: ConnectionID.make(), route: match.route, upstreamURL: match.upstreamURL,
+            id: "\(gateway.instanceID).\(ConnectionID.make())", route: match.route, upstreamURL: match.upstreamURL,
             clientAddress: forwarded.clientIP ?? clientAddress, eventLoop: eventLoop, environment: gateway.environment)
         self.session = session
         // A client that offered only its token as a subprotocol must get one
@@ -141,7 +141,7 @@ final class ClientConnection: @unchecked Sendable {
         }
         var claimHeaders: [(String, String)] = []
         if let token = auth?.token, let settings = match.route.auth {
-            session.authenticated(subject: token.subject, expiresAt: token.expiresAt)
+            session.authenticated(subject: token.subject, expiresAt: token.expiresAt, channels: token.channels)
             for (claim, header) in settings.forwardClaims {
                 if let value = token.claims[claim], !value.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) {
                     claimHeaders.append((header, value))

@@ -4,6 +4,14 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The gateway's composition root, built once from the config: routing,
 /// what sessions share (`SessionEnvironment`), what upstream legs are built
 /// from (`UpstreamResources`), the listener's TLS, and the drain flag the
@@ -16,6 +24,11 @@ final class GatewayContext: AdminStatus {
     /// `listen.tls`: terminate wss:// here.
     let serverTLS: NIOSSLContext?
     private let draining = NIOLockedValueBox(false)
+    /// This instance's name: the prefix of its connection ids
+    /// (`<instance>.<random>`), so that any instance of a cluster knows
+    /// which one holds a connection.
+    let instanceID: String
+
     /// Each `auth` route's token verifier, by route path (made at start).
     let verifiers = NIOLockedValueBox<[String: JWTVerifier]>([:])
 
@@ -45,6 +58,15 @@ final class GatewayContext: AdminStatus {
 
     func startDraining() { draining.withLockedValue { $0 = true } }
 
+    /// The host name's first label, in the characters an instance id may use.
+    static func hostInstanceID() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        gethostname(&buffer, buffer.count - 1)
+        let name = String(cString: buffer).split(separator: ".").first.map(String.init) ?? ""
+        let cleaned = String(name.filter { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }.prefix(63))
+        return cleaned.isEmpty ? "wsgate" : cleaned
+    }
+
     func upstreamsJSON() -> String {
         var routes: [String] = []
         for route in config.routes {
@@ -67,6 +89,7 @@ final class GatewayContext: AdminStatus {
     init(config: GatewayConfig, eventLog: EventLog, logger: Logger, group: EventLoopGroup) throws {
         self.config = config
         self.routes = RouteTable(routes: config.routes)
+        self.instanceID = config.cluster.instanceID ?? Self.hostInstanceID()
         self.pendingHandshakes = PendingHandshakes(limit: config.limits.maxPendingHandshakes)
         let settings = SessionSettings(config: config)
         let metrics = GatewayMetrics(routes: config.routes)

@@ -7,6 +7,12 @@ import NIOPosix
 import NIOSSL
 import NIOWebSocket
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// The client-facing listener: accepts TCP connections, runs the HTTP/1.1
 /// upgrade, and hands upgraded connections to Sessions.
 public final class GatewayServer: Sendable {
@@ -14,13 +20,31 @@ public final class GatewayServer: Sendable {
     let group: EventLoopGroup
     private let serverChannel = NIOLockedValueBox<Channel?>(nil)
     private let admin: AdminServer
+    /// The control API's own listener (`control:`), if configured.
+    private let controlServer: AdminServer?
     private let adminPortBox = NIOLockedValueBox<Int?>(nil)
 
     /// Throws when a TLS certificate, key or CA file cannot be loaded.
     public init(config: GatewayConfig, group: EventLoopGroup, logger: Logger, eventLog: EventLog) throws {
         self.gateway = try GatewayContext(config: config, eventLog: eventLog, logger: logger, group: group)
         self.group = group
-        self.admin = AdminServer(status: gateway, host: config.admin.host, port: config.admin.port, logger: logger)
+        let token = config.control?.tokenEnv.flatMap { getenv($0) }.map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
+        let gateway = self.gateway
+        let api = { (host: String) -> ControlAPI in
+            ControlAPI(
+                registry: gateway.registry, channels: gateway.environment.channels, instanceID: gateway.instanceID,
+                maxMessageBytes: config.limits.maxMessageBytes, token: token,
+                listenerIsLoopback: host == "localhost" || host == "::1" || host.hasPrefix("127."))
+        }
+        if let control = config.control {
+            self.admin = AdminServer(status: gateway, host: config.admin.host, port: config.admin.port, logger: logger)
+            self.controlServer = AdminServer(
+                status: gateway, host: control.host, port: control.port, logger: logger, control: api(control.host), servesAdmin: false)
+        } else {
+            self.admin = AdminServer(
+                status: gateway, host: config.admin.host, port: config.admin.port, logger: logger, control: api(config.admin.host))
+            self.controlServer = nil
+        }
     }
 
     /// The admin listener's bound port, once started.
@@ -100,6 +124,7 @@ public final class GatewayServer: Sendable {
         do {
             let adminPort = try await admin.start(group: group)
             adminPortBox.withLockedValue { $0 = adminPort }
+            _ = try await controlServer?.start(group: group)
         } catch {
             try? await channel.close()
             throw error
@@ -153,5 +178,6 @@ public final class GatewayServer: Sendable {
         for verifier in gateway.verifiers.withLockedValue({ Array($0.values) }) { verifier.stop() }
         await gateway.upstreams.curl?.shutdown(abortAt: max(deadline, .now()) + .milliseconds(500))
         await admin.stop()
+        await controlServer?.stop()
     }
 }

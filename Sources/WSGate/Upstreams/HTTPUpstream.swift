@@ -46,6 +46,8 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
     /// the oldest of them was read: their `http_request_ms` runs from then.
     private var waiting: FrameReader?
     private var waitingSince = NIODeadline.now()
+    /// From `connect_url`'s `X-WSGate-Channels`.
+    private(set) var subscribedChannels: [String] = []
     /// The `connect_url` request while it runs (cancelled if the client goes).
     private var connectTicket: CurlClient.Ticket?
     private var inFlight = CircularBuffer<Slot>()
@@ -130,11 +132,15 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
         }
         var hook = request(url: connectURL, headers: CurlHeaderList(commonHeaders), body: nil)
         hook.method = "POST"
+        hook.captureHeader = "X-WSGate-Channels"
         let call = client.start(hook, on: eventLoop)
         connectTicket = call.ticket
         return call.future.always { [self] _ in self.connectTicket = nil }.flatMapThrowing { response -> String? in
             switch response.status {
             case 200..<300:
+                // The backend may subscribe the connection to channels.
+                self.subscribedChannels = (response.capturedHeader ?? "").split(separator: ",")
+                    .map { String($0.trimmingCharacters(in: " \t")) }.filter { !$0.isEmpty }
                 return nil
             case 400...:
                 throw UpstreamFailure(.upstreamHTTPError, httpStatus: response.status, error: "connect_url answered HTTP \(response.status)")
@@ -353,5 +359,14 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
                 ])
             }
         }
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters(in set: String) -> Substring {
+        var s = self
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return s
     }
 }

@@ -23,13 +23,15 @@ public enum CloseCause: String, Sendable, CaseIterable, Hashable {
     case unauthorized = "unauthorized"
     /// Contract §8: a relayed connection's token reached its `exp`.
     case tokenExpired = "token_expired"
+    /// Contract §8: the backend closed the connection through the control API.
+    case kicked = "kicked"
     case internalError = "internal_error"
 
     /// Causes whose code is the peer's own (echoed or relayed), or where
     /// nothing can be sent at all, cannot be remapped under `close_codes`.
     public var isOverridable: Bool {
         switch self {
-        case .clientClosed, .clientGone, .upstreamClosed: return false
+        case .clientClosed, .clientGone, .upstreamClosed, .kicked: return false
         default: return true
         }
     }

@@ -88,6 +88,9 @@ public struct ClosePolicy: Sendable {
 
     public func decide(_ cause: CloseCause, _ details: CloseDetails = CloseDetails()) -> CloseDecision {
         switch cause {
+        case .kicked:
+            // The backend's own code and reason (validated by the control API).
+            return CloseDecision(code: details.peerCode ?? CloseCode.normal, reason: CloseReason.truncate(details.peerReason), action: .sendCode)
         case .clientClosed, .upstreamClosed:
             guard let code = details.peerCode else {
                 return CloseDecision(code: CloseCode.noStatus, reason: "", action: .sendEmpty)
@@ -130,6 +133,7 @@ public struct ClosePolicy: Sendable {
         case .shutdown: return shutdownCode
         case .overloaded: return CloseCode.tryAgainLater
         case .rateLimited, .unauthorized, .tokenExpired: return CloseCode.policyViolation
+        case .kicked: return details.peerCode ?? CloseCode.normal
         case .internalError: return CloseCode.internalError
         }
     }
@@ -156,6 +160,7 @@ public struct ClosePolicy: Sendable {
         case .rateLimited: return "rate limit exceeded"
         case .unauthorized: return "unauthorized"
         case .tokenExpired: return "token expired"
+        case .kicked: return details.peerReason
         case .internalError: return "internal error"
         }
     }

@@ -41,6 +41,8 @@ extension ClosePolicy {
             return .abort  // never connected: the handshake stopped at the token
         case .tokenExpired:
             return .close(code: CloseCode.goingAway, reason: "client token expired")
+        case .kicked:
+            return .close(code: CloseCode.goingAway, reason: "client closed by the control API")
         case .internalError:
             return .close(code: CloseCode.internalError, reason: "gateway internal error")
         case .upstreamClosed, .upstreamProtocolError:

@@ -132,6 +132,15 @@ private enum ConfigTables {
         .custom("routes", required: true) { reader, node, path, config in reader.decodeRoutes(node, path, &config.routes) },
         .custom("close_codes") { reader, node, path, config in reader.decodeCloseCodes(node, path, &config.closeCodes) },
         .custom("trusted_proxies") { reader, node, path, config in reader.decodeTrustedProxies(node, path, &config.trustedProxies) },
+        .custom("control") { reader, node, path, config in
+            var control = GatewayConfig.Control()
+            if reader.decode(node, at: path, by: ConfigTables.control, into: &control) { config.control = control }
+        },
+        .section("cluster", [
+            .scalar("instance_id", .instanceID, \.cluster.instanceID, environment: "WSGATE_INSTANCE_ID"),
+            .custom("peers") { reader, node, path, config in reader.decodePeers(node, path, &config.cluster) },
+            .scalar("refresh_ms", .int(100...3_600_000), \.cluster.refreshMs),
+        ]),
         .custom("resolver") { reader, node, path, config in
             guard let list = reader.stringList(node, path) else { return }
             for (i, text) in list.enumerated() {
@@ -204,6 +213,12 @@ private enum ConfigTables {
         .scalar("connect_url", .httpURL, \.connectURL),
         .scalar("disconnect_url", .httpURL, \.disconnectURL),
         .scalar("on_error", .oneOf, \.onError),
+    ]
+
+    static let control: [ConfigKey<GatewayConfig.Control>] = [
+        .scalar("host", .string, \.host),
+        .scalar("port", .port, \.port),
+        .scalar("token_env", .string, \.tokenEnv),
     ]
 
     static let rateLimit: [ConfigKey<RateLimit>] = [
@@ -536,6 +551,17 @@ extension ScalarKind where Value == String {
         string.then { path in
             if let message = PEMFiles.checkCertificates(path) { return .rejected(message) }
             return .value(path)
+        }
+    }
+
+    /// `cluster.instance_id`: the prefix of connection ids, so letters,
+    /// digits, `-` and `_` (a `.` separates it from the rest).
+    static var instanceID: ScalarKind {
+        string.then { text in
+            guard !text.isEmpty, text.count <= 63, text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
+                return .rejected("invalid instance id \(JSONText.quoted(text)) (letters, digits, - and _, at most 63)")
+            }
+            return .value(text)
         }
     }
 
@@ -890,6 +916,30 @@ private struct Reader {
         draft.auth = settings
     }
 
+    /// `cluster.peers`: a list of `host:port`, or `dns:NAME:PORT` (every
+    /// address of NAME is a peer).
+    mutating func decodePeers(_ node: Node, _ path: String, _ cluster: inout GatewayConfig.Cluster) {
+        if case .scalar(let scalar) = node, scalar.string.hasPrefix("dns:") {
+            let rest = scalar.string.dropFirst(4)
+            guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]), (1...65535).contains(port),
+                !rest[..<colon].isEmpty
+            else {
+                problem(path, "expected dns:NAME:PORT, found \(JSONText.quoted(scalar.string))")
+                return
+            }
+            cluster.peersDNS = String(rest)
+            return
+        }
+        guard let list = stringList(node, path) else { return }
+        for (i, peer) in list.enumerated() {
+            if case .success = URLParts.parse("http://\(peer)/"), peer.contains(":") {
+                cluster.peers.append(peer)
+            } else {
+                problem("\(path)[\(i)]", "expected host:port, found \(JSONText.quoted(peer))")
+            }
+        }
+    }
+
     /// `log.redact_query`: parameter names, matched case-insensitively.
     mutating func decodeRedactQuery(_ node: Node, _ path: String, _ names: inout [String]) {
         guard let list = stringList(node, path) else { return }
@@ -981,6 +1031,9 @@ private struct Reader {
     }
 
     mutating func validate(_ config: inout GatewayConfig) {
+        if let control = config.control, control.tokenEnv == nil, !Self.isLoopback(control.host) {
+            problem("control.token_env", "required when control.host is not a loopback address (\(control.host)): the control API can push to and close any connection")
+        }
         if config.shutdown.spreadMs > 0 && config.shutdown.spreadMs >= config.shutdown.drainTimeoutMs {
             problem("shutdown.spread_ms", "must be less than shutdown.drain_timeout_ms (\(config.shutdown.drainTimeoutMs)), which bounds the whole drain")
         }
@@ -989,6 +1042,12 @@ private struct Reader {
         {
             problem("admin.port", "must differ from listen.port (\(config.listen.port))")
         }
+    }
+}
+
+extension Reader {
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 }
 

@@ -71,12 +71,32 @@ public struct GatewayConfig: Sendable, Equatable {
         public var bufferBytes = 4 << 20
     }
 
+    /// `control`: the control API's own listener (else it is on the admin one).
+    public struct Control: Sendable, Equatable {
+        public var host = "127.0.0.1"
+        public var port = 9091
+        /// The environment variable that holds the bearer token.
+        public var tokenEnv: String? = nil
+    }
+
+    /// `cluster`: this instance's name and its peers.
+    public struct Cluster: Sendable, Equatable {
+        /// The prefix of this instance's connection ids; default: the host name.
+        public var instanceID: String? = nil
+        /// `host:port` of every peer's control API, or `dns:NAME:PORT`.
+        public var peers: [String] = []
+        public var peersDNS: String? = nil
+        public var refreshMs = 5_000
+    }
+
     public var listen = Listen()
     public var admin = Admin()
     public var limits = Limits()
     public var timeouts = Timeouts()
     public var shutdown = Shutdown()
     public var log = Log()
+    public var control: Control? = nil
+    public var cluster = Cluster()
     public var routes: [Route] = []
     /// Peers whose `X-Forwarded-For` is believed and appended to; from any
     /// other peer the header is replaced by the peer's own address.

@@ -1,0 +1,207 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import WSGatePolicy
+import WSGateProtocol
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// The control API of contract §8, compatible with AWS API Gateway's
+/// `@connections`: a backend speaks first, closes a connection, or
+/// broadcasts to a channel.
+///
+/// - `POST /@connections/{id}`: the body is one message to that client
+///   (binary for `Content-Type: application/octet-stream`, else text, which
+///   must be UTF-8). 200 sent; 410 unknown or closed; 413 over
+///   `max_message_bytes`; 429 when the client is not taking what it is sent
+///   (its channel is over its high-water mark): the pusher backs off instead
+///   of the gateway queueing without bound.
+/// - `GET /@connections/{id}`: 200 with the connection's JSON; 410 unknown.
+/// - `DELETE /@connections/{id}?code=4001&reason=…`: closes it with that code
+///   (1000 or 3000–4999, default 1000), cause `kicked`; 204; 410 unknown.
+/// - `POST /channels/{name}`: one message to every subscriber;
+///   200 `{"delivered": N}`.
+///
+/// A pushed message is one frame, written on the connection's event loop
+/// between relayed frames, in order of arrival; never split. Requests need
+/// `Authorization: Bearer <token>` once a token is configured (compared in
+/// constant time); without one, they are only served on a loopback
+/// listener.
+final class ControlAPI: Sendable {
+    let registry: SessionRegistry
+    let channels: ChannelRegistry
+    let instanceID: String
+    let maxMessageBytes: Int
+    private let token: String?
+    private let loopbackOnly: Bool
+
+    init(registry: SessionRegistry, channels: ChannelRegistry, instanceID: String, maxMessageBytes: Int, token: String?, listenerIsLoopback: Bool) {
+        self.registry = registry
+        self.channels = channels
+        self.instanceID = instanceID
+        self.maxMessageBytes = maxMessageBytes
+        self.token = token
+        self.loopbackOnly = token == nil && !listenerIsLoopback
+    }
+
+    struct Response {
+        var status: HTTPResponseStatus
+        var body: String = ""
+        var contentType = "application/json"
+    }
+
+    /// Whether `path` is one of the API's.
+    static func handles(_ path: Substring) -> Bool {
+        path.hasPrefix("/@connections/") || path.hasPrefix("/%40connections/") || path.hasPrefix("/channels/")
+    }
+
+    func respond(_ head: HTTPRequestHead, body: ByteBuffer?, bodyTooBig: Bool, on eventLoop: EventLoop) -> EventLoopFuture<Response> {
+        if loopbackOnly {
+            return eventLoop.makeSucceededFuture(Self.error(.forbidden, "the control API needs control.token_env on a listener that is not on loopback"))
+        }
+        if let token, !Self.authorized(head.headers.first(name: "authorization"), token: token) {
+            return eventLoop.makeSucceededFuture(Self.error(.unauthorized, "missing or wrong bearer token"))
+        }
+        let (path, query) = Self.split(head.uri)
+        if path.hasPrefix("/channels/") {
+            guard head.method == .POST else { return eventLoop.makeSucceededFuture(Self.error(.methodNotAllowed, "use POST")) }
+            let name = Self.percentDecoded(path.dropFirst("/channels/".count))
+            guard !name.isEmpty else { return eventLoop.makeSucceededFuture(Self.error(.notFound, "no channel name")) }
+            return publish(to: name, head: head, body: body, bodyTooBig: bodyTooBig, on: eventLoop)
+        }
+        let prefix = path.hasPrefix("/@connections/") ? "/@connections/".count : "/%40connections/".count
+        let id = Self.percentDecoded(path.dropFirst(prefix))
+        guard let session = registry.session(id: id) else {
+            return eventLoop.makeSucceededFuture(Self.error(.gone, "no such connection"))
+        }
+        switch head.method {
+        case .POST:
+            switch message(head, body: body, bodyTooBig: bodyTooBig) {
+            case .failure(let e): return eventLoop.makeSucceededFuture(e.response)
+            case .success(let (payload, binary)):
+                return session.eventLoop.submit { session.push(payload, binary: binary) }.map { result in
+                    switch result {
+                    case .sent: return Response(status: .ok, body: #"{"sent":true}"#)
+                    case .gone: return Self.error(.gone, "the connection is closed")
+                    case .busy: return Self.error(.tooManyRequests, "the client is not reading; try again later")
+                    }
+                }.hop(to: eventLoop)
+            }
+        case .GET:
+            return session.eventLoop.submit { Self.describe(session) }.map { Response(status: .ok, body: $0) }.hop(to: eventLoop)
+        case .DELETE:
+            var code: UInt16 = CloseCode.normal
+            if let text = query["code"] {
+                guard let c = UInt16(text), c == CloseCode.normal || (3000...4999).contains(c) else {
+                    return eventLoop.makeSucceededFuture(Self.error(.badRequest, "code must be 1000 or 3000-4999"))
+                }
+                code = c
+            }
+            let reason = CloseReason.truncate(query["reason"] ?? "")
+            return session.eventLoop.submit { session.kick(code: code, reason: reason) }.map { kicked in
+                kicked ? Response(status: .noContent) : Self.error(.gone, "the connection is closed")
+            }.hop(to: eventLoop)
+        default:
+            return eventLoop.makeSucceededFuture(Self.error(.methodNotAllowed, "use POST, GET or DELETE"))
+        }
+    }
+
+    /// The request's body as one message: binary or UTF-8 text.
+    private func message(_ head: HTTPRequestHead, body: ByteBuffer?, bodyTooBig: Bool) -> Result<(ByteBuffer, Bool), ResponseError> {
+        if bodyTooBig { return .failure(ResponseError(Self.error(.payloadTooLarge, "the message is over max_message_bytes (\(maxMessageBytes))"))) }
+        let payload = body ?? ByteBuffer()
+        let binary = head.headers.first(name: "content-type")?.lowercased().hasPrefix("application/octet-stream") ?? false
+        if !binary {
+            var validator = UTF8Validator()
+            let ok = payload.withUnsafeReadableBytes { validator.feed($0) } && validator.isComplete
+            if !ok { return .failure(ResponseError(Self.error(.badRequest, "a text message must be UTF-8 (send binary as application/octet-stream)"))) }
+        }
+        return .success((payload, binary))
+    }
+
+    struct ResponseError: Error {
+        var response: Response
+        init(_ response: Response) { self.response = response }
+    }
+
+    private func publish(to channel: String, head: HTTPRequestHead, body: ByteBuffer?, bodyTooBig: Bool, on eventLoop: EventLoop) -> EventLoopFuture<Response> {
+        let (payload, binary): (ByteBuffer, Bool)
+        switch message(head, body: body, bodyTooBig: bodyTooBig) {
+        case .failure(let e): return eventLoop.makeSucceededFuture(e.response)
+        case .success(let m): (payload, binary) = m
+        }
+        let subscribers = channels.subscribers(of: channel)
+        let results = subscribers.map { session in session.eventLoop.submit { session.push(payload, binary: binary) } }
+        return EventLoopFuture.whenAllComplete(results, on: eventLoop).map { outcomes in
+            var delivered = 0, busy = 0
+            for outcome in outcomes {
+                switch outcome {
+                case .success(.sent): delivered += 1
+                case .success(.busy): busy += 1
+                default: break
+                }
+            }
+            return Response(status: .ok, body: #"{"delivered":\#(delivered),"busy":\#(busy)}"#)
+        }
+    }
+
+    // MARK: Helpers
+
+    static func describe(_ session: Session) -> String {
+        var w = JSONObjectWriter()
+        w.field("connection_id", session.id)
+        w.field("route", session.route.path)
+        w.field("client_addr", session.clientAddress)
+        w.field("connected_at", Timestamp.iso8601(millisecondsSinceEpoch: session.connectedAt))
+        w.field("last_active_at", Timestamp.iso8601(millisecondsSinceEpoch: session.lastActiveAt))
+        w.field("subject", session.subject)
+        w.field("channels", rawJSON: "[" + session.channels.map(JSONText.quoted).joined(separator: ",") + "]")
+        return w.finish()
+    }
+
+    static func error(_ status: HTTPResponseStatus, _ message: String) -> Response {
+        var w = JSONObjectWriter()
+        w.field("error", message)
+        return Response(status: status, body: w.finish())
+    }
+
+    /// `Bearer <token>`, compared in constant time (no early exit that a
+    /// timing attack could read).
+    static func authorized(_ header: String?, token: String) -> Bool {
+        guard let header, header.count > 7, header.prefix(7).lowercased() == "bearer " else { return false }
+        let given = Array(header.dropFirst(7).utf8), expected = Array(token.utf8)
+        var diff = UInt8(given.count == expected.count ? 0 : 1)
+        for i in 0..<expected.count { diff |= expected[i] ^ (i < given.count ? given[i] : 0) }
+        return diff == 0
+    }
+
+    static func split(_ uri: String) -> (Substring, [String: String]) {
+        let parts = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        var query: [String: String] = [:]
+        if parts.count > 1 {
+            for pair in parts[1].split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                query[percentDecoded(kv[0])] = kv.count > 1 ? percentDecoded(kv[1].replacingOccurrences(of: "+", with: " ")[...]) : ""
+            }
+        }
+        return (parts[0], query)
+    }
+
+    static func percentDecoded(_ text: Substring) -> String {
+        var out: [UInt8] = []
+        var bytes = Array(text.utf8)[...]
+        while let b = bytes.popFirst() {
+            if b == UInt8(ascii: "%"), bytes.count >= 2, let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) {
+                out.append(v)
+                bytes = bytes.dropFirst(2)
+            } else {
+                out.append(b)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
