@@ -245,3 +245,66 @@ def test_without_a_token_the_control_api_must_be_on_loopback(tmp_path):
                              "routes": [{"path": "/echo", "upstream": "builtin:echo"}]}))
     out = subprocess.run([str(BIN), "check-config", "--config", str(path)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "control.token_env: required when control.host is not a loopback address" in out.stderr
+
+
+# --------------------------------------------------------------------------
+# a cluster of three instances on loopback
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_three_instances_reach_each_others_connections(make_gateway, upstreams):
+    backend = HookBackend()
+    try:
+        b = f"http://127.0.0.1:{backend.port}"
+        routes = base_config(upstreams)["routes"] + [
+            {"path": "/live", "upstream": f"{b}/m", "forward_headers": ["x-channels"], "http": {"connect_url": f"{b}/connect"}}]
+        ports = {name: free_port() for name in "abc"}
+        gws = {}
+        for name in "abc":
+            peers = [f"127.0.0.1:{ports[p]}" for p in "abc" if p != name]
+            gws[name] = make_gateway(
+                routes=routes, admin={"host": "127.0.0.1", "port": ports[name]},
+                cluster={"instance_id": f"gw-{name}", "peers": peers, "refresh_ms": 200})
+
+        async def main():
+            on_c, cid = await open_inspected(gws["c"])
+            assert cid.startswith("gw-c.")
+            # A forwards to C once it has learnt who is who.
+            deadline = time.monotonic() + 15
+            while True:
+                status, _ = await asyncio.to_thread(call, ports["a"], "POST", f"/@connections/{cid}", b"via a")
+                if status == 200 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            assert status == 200
+            assert await asyncio.wait_for(on_c.recv(), 10) == "via a"
+            status, body = await asyncio.to_thread(call, ports["b"], "GET", f"/@connections/{cid}")
+            assert status == 200 and json.loads(body)["connection_id"] == cid
+            # One subscriber per instance; a publish through B reaches all three.
+            subs = {n: await client(gws[n], "/live", additional_headers={"X-Channels": "news"}).__aenter__() for n in "abc"}
+            status, body = await asyncio.to_thread(call, ports["b"], "POST", "/channels/news", b"everyone")
+            answer = json.loads(body)
+            got = {n: await asyncio.wait_for(ws.recv(), 10) for n, ws in subs.items()}
+            # C goes away: its ids are gone, A and B go on.
+            gws["c"].kill("the test stops instance C")
+            await asyncio.sleep(0.6)
+            gone, _ = await asyncio.to_thread(call, ports["a"], "POST", f"/@connections/{cid}", b"late")
+            status2, body2 = await asyncio.to_thread(call, ports["a"], "POST", "/channels/news", b"still")
+            got2 = {n: await asyncio.wait_for(subs[n].recv(), 10) for n in "ab"}
+            for n in "ab":
+                await subs[n].close()
+            return answer, got, gone, json.loads(body2), got2
+
+        answer, got, gone, answer2, got2 = run(main(), timeout=90)
+        assert answer["delivered"] == 3 and answer["peers_failed"] == []
+        assert got == {"a": "everyone", "b": "everyone", "c": "everyone"}
+        assert gone == 410
+        assert answer2["delivered"] == 2 and got2 == {"a": "still", "b": "still"}
+        assert all(f"127.0.0.1:{ports['c']}" in f for f in answer2["peers_failed"]) and len(answer2["peers_failed"]) <= 1
+    finally:
+        backend.stop()

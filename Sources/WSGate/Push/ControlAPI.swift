@@ -4,6 +4,12 @@ import NIOHTTP1
 import WSGatePolicy
 import WSGateProtocol
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -38,8 +44,14 @@ final class ControlAPI: Sendable {
     let maxMessageBytes: Int
     private let token: String?
     private let loopbackOnly: Bool
+    /// The other instances, when `cluster.peers` names them.
+    let cluster: ClusterPeers?
 
-    init(registry: SessionRegistry, channels: ChannelRegistry, instanceID: String, maxMessageBytes: Int, token: String?, listenerIsLoopback: Bool) {
+    init(
+        registry: SessionRegistry, channels: ChannelRegistry, instanceID: String, maxMessageBytes: Int, token: String?,
+        listenerIsLoopback: Bool, cluster: ClusterPeers? = nil
+    ) {
+        self.cluster = cluster
         self.registry = registry
         self.channels = channels
         self.instanceID = instanceID
@@ -56,7 +68,7 @@ final class ControlAPI: Sendable {
 
     /// Whether `path` is one of the API's.
     static func handles(_ path: Substring) -> Bool {
-        path.hasPrefix("/@connections/") || path.hasPrefix("/%40connections/") || path.hasPrefix("/channels/")
+        path.hasPrefix("/@connections/") || path.hasPrefix("/%40connections/") || path.hasPrefix("/channels/") || path == "/@instance"
     }
 
     func respond(_ head: HTTPRequestHead, body: ByteBuffer?, bodyTooBig: Bool, on eventLoop: EventLoop) -> EventLoopFuture<Response> {
@@ -67,14 +79,40 @@ final class ControlAPI: Sendable {
             return eventLoop.makeSucceededFuture(Self.error(.unauthorized, "missing or wrong bearer token"))
         }
         let (path, query) = Self.split(head.uri)
+        if path == "/@instance" {
+            // Peers ask who answers here.
+            var w = JSONObjectWriter()
+            w.field("instance_id", instanceID)
+            return eventLoop.makeSucceededFuture(Response(status: .ok, body: w.finish()))
+        }
+        let forwarded = head.headers.first(name: "x-wsgate-forwarded") != nil
         if path.hasPrefix("/channels/") {
             guard head.method == .POST else { return eventLoop.makeSucceededFuture(Self.error(.methodNotAllowed, "use POST")) }
             let name = Self.percentDecoded(path.dropFirst("/channels/".count))
             guard !name.isEmpty else { return eventLoop.makeSucceededFuture(Self.error(.notFound, "no channel name")) }
-            return publish(to: name, head: head, body: body, bodyTooBig: bodyTooBig, on: eventLoop)
+            return publish(to: name, head: head, body: body, bodyTooBig: bodyTooBig, fanOut: !forwarded, on: eventLoop)
         }
         let prefix = path.hasPrefix("/@connections/") ? "/@connections/".count : "/%40connections/".count
         let id = Self.percentDecoded(path.dropFirst(prefix))
+        let instance = id.split(separator: ".", maxSplits: 1).first.map(String.init) ?? ""
+        if instance != instanceID, !forwarded, let cluster {
+            // Another instance holds it: its answer is relayed; an instance
+            // that is not a peer (or gone) has no such connection.
+            guard let address = cluster.address(of: instance) else {
+                return eventLoop.makeSucceededFuture(Self.error(.gone, "no such connection (instance \(instance) is not a peer)"))
+            }
+            if bodyTooBig { return eventLoop.makeSucceededFuture(Self.error(.payloadTooLarge, "the message is over max_message_bytes")) }
+            return cluster.call(
+                address, method: head.method.rawValue, path: head.uri, body: body, contentType: head.headers.first(name: "content-type"),
+                on: eventLoop
+            ).map { response in
+                Response(
+                    status: HTTPResponseStatus(statusCode: response.status), body: String(buffer: response.body),
+                    contentType: response.capturedHeader ?? "application/json")
+            }.recover { error in
+                Self.error(.gone, "instance \(instance) did not answer: \((error as? CurlFailure)?.message ?? "\(error)")")
+            }
+        }
         guard let session = registry.session(id: id) else {
             return eventLoop.makeSucceededFuture(Self.error(.gone, "no such connection"))
         }
@@ -128,7 +166,12 @@ final class ControlAPI: Sendable {
         init(_ response: Response) { self.response = response }
     }
 
-    private func publish(to channel: String, head: HTTPRequestHead, body: ByteBuffer?, bodyTooBig: Bool, on eventLoop: EventLoop) -> EventLoopFuture<Response> {
+    /// Delivers to this instance's subscribers and, unless the request came
+    /// from a peer, asks every peer to do the same; the counts are summed
+    /// and a peer that failed is named in the answer (not retried).
+    private func publish(
+        to channel: String, head: HTTPRequestHead, body: ByteBuffer?, bodyTooBig: Bool, fanOut: Bool, on eventLoop: EventLoop
+    ) -> EventLoopFuture<Response> {
         let (payload, binary): (ByteBuffer, Bool)
         switch message(head, body: body, bodyTooBig: bodyTooBig) {
         case .failure(let e): return eventLoop.makeSucceededFuture(e.response)
@@ -136,7 +179,7 @@ final class ControlAPI: Sendable {
         }
         let subscribers = channels.subscribers(of: channel)
         let results = subscribers.map { session in session.eventLoop.submit { session.push(payload, binary: binary) } }
-        return EventLoopFuture.whenAllComplete(results, on: eventLoop).map { outcomes in
+        let local = EventLoopFuture.whenAllComplete(results, on: eventLoop).map { outcomes -> (Int, Int) in
             var delivered = 0, busy = 0
             for outcome in outcomes {
                 switch outcome {
@@ -145,8 +188,45 @@ final class ControlAPI: Sendable {
                 default: break
                 }
             }
-            return Response(status: .ok, body: #"{"delivered":\#(delivered),"busy":\#(busy)}"#)
+            return (delivered, busy)
         }
+        let peers = fanOut ? (cluster?.addresses ?? []) : []
+        let remote = peers.map { address in
+            cluster!.call(address, method: "POST", path: head.uri, body: payload, contentType: head.headers.first(name: "content-type"), on: eventLoop)
+                .map { response -> PeerCount in
+                    guard response.status == 200,
+                        let counts = try? JSONDecoder().decode([String: Int].self, from: Data(response.body.readableBytesView))
+                    else { return .failed("\(address): HTTP \(response.status)") }
+                    return .counted(counts["delivered"] ?? 0, counts["busy"] ?? 0)
+                }
+                .recover { error in .failed("\(address): \((error as? CurlFailure)?.message ?? "\(error)")") }
+        }
+        return local.and(EventLoopFuture.whenAllSucceed(remote, on: eventLoop)).map { local, remote in
+            var (delivered, busy) = local
+            var failed: [String] = []
+            for result in remote {
+                switch result {
+                case .counted(let d, let b):
+                    delivered += d
+                    busy += b
+                case .failed(let why):
+                    failed.append(why)
+                }
+            }
+            var w = JSONObjectWriter()
+            w.field("delivered", delivered)
+            w.field("busy", busy)
+            if fanOut && !peers.isEmpty || !failed.isEmpty {
+                w.field("peers_failed", rawJSON: "[" + failed.map(JSONText.quoted).joined(separator: ",") + "]")
+            }
+            return Response(status: .ok, body: w.finish())
+        }
+    }
+
+    /// A peer's part of a channel publish.
+    enum PeerCount {
+        case counted(Int, Int)
+        case failed(String)
     }
 
     // MARK: Helpers

@@ -20,6 +20,8 @@ public final class GatewayServer: Sendable {
     let group: EventLoopGroup
     private let serverChannel = NIOLockedValueBox<Channel?>(nil)
     private let admin: AdminServer
+    /// The other instances (`cluster.peers`).
+    private let cluster: ClusterPeers?
     /// The control API's own listener (`control:`), if configured.
     private let controlServer: AdminServer?
     private let adminPortBox = NIOLockedValueBox<Int?>(nil)
@@ -30,11 +32,18 @@ public final class GatewayServer: Sendable {
         self.group = group
         let token = config.control?.tokenEnv.flatMap { getenv($0) }.map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
         let gateway = self.gateway
+        var cluster: ClusterPeers? = nil
+        if !config.cluster.peers.isEmpty || config.cluster.peersDNS != nil, let curl = gateway.upstreams.curl?.client(for: group.next()) {
+            cluster = ClusterPeers(
+                ownInstance: gateway.instanceID, settings: config.cluster, curl: curl, token: token,
+                resolver: gateway.upstreams.resolver, logger: logger)
+        }
+        self.cluster = cluster
         let api = { (host: String) -> ControlAPI in
             ControlAPI(
                 registry: gateway.registry, channels: gateway.environment.channels, instanceID: gateway.instanceID,
                 maxMessageBytes: config.limits.maxMessageBytes, token: token,
-                listenerIsLoopback: host == "localhost" || host == "::1" || host.hasPrefix("127."))
+                listenerIsLoopback: host == "localhost" || host == "::1" || host.hasPrefix("127."), cluster: cluster)
         }
         if let control = config.control {
             self.admin = AdminServer(status: gateway, host: config.admin.host, port: config.admin.port, logger: logger)
@@ -125,6 +134,7 @@ public final class GatewayServer: Sendable {
             let adminPort = try await admin.start(group: group)
             adminPortBox.withLockedValue { $0 = adminPort }
             _ = try await controlServer?.start(group: group)
+            cluster?.start(on: group.next())
         } catch {
             try? await channel.close()
             throw error
@@ -177,6 +187,7 @@ public final class GatewayServer: Sendable {
         await gateway.upstreams.stopPools()
         for verifier in gateway.verifiers.withLockedValue({ Array($0.values) }) { verifier.stop() }
         await gateway.upstreams.curl?.shutdown(abortAt: max(deadline, .now()) + .milliseconds(500))
+        cluster?.stop()
         await admin.stop()
         await controlServer?.stop()
     }

@@ -34,7 +34,7 @@ final class UpstreamResources: Sendable {
             pools[route.path] = UpstreamPool(route: route, metrics: metrics, logger: logger)
         }
         self.pools = pools
-        if config.routes.contains(where: { $0.pool.discovery == .dns }) {
+        if config.routes.contains(where: { $0.pool.discovery == .dns }) || config.cluster.peersDNS != nil {
             self.resolver = config.resolver.isEmpty
                 ? SystemResolver() : DNSResolver(servers: config.resolver.map { ($0.host, $0.port) })
         } else {
@@ -53,7 +53,7 @@ final class UpstreamResources: Sendable {
             if route.pool.health != nil { return true }
             if case .jwksURL? = route.auth?.keys { return true }
             return false
-        }
+        } || !config.cluster.peers.isEmpty || config.cluster.peersDNS != nil
         self.curl = needsCurl ? CurlWorkers(group: group) : nil
     }
 
