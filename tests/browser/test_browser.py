@@ -512,3 +512,30 @@ def test_close_profiles_in_the_browser(env: Env, route: str, code: int) -> None:
     assert seen["close"] == {"code": code, "reason": "upstream unreachable", "wasClean": True}, seen
     assert (line["code"], line["reason"], line["was_clean"], line["cause"]) == (code, "upstream unreachable", True,
                                                                               "upstream_unreachable")
+
+
+def test_a_page_receives_a_push_and_a_kick(env: Env) -> None:
+    """The control API, from a browser: a message pushed by the backend
+    arrives as a MessageEvent, and a kick's code and reason arrive as the
+    CloseEvent's."""
+    import urllib.request
+
+    gw = env.gateway("main")
+    admin = gw.wait_for(lambda l: l.get("event") == "admin_listening")["port"]
+    env.browser.start("push", f"ws://127.0.0.1:{gw.port}/up/echo?case=push")
+    assert env.browser.wait_open("push")["opened"]
+    rec = env.up.record("/plain?case=push")
+    cid = h.header(rec["headers"], "X-WSGate-Connection-Id")
+
+    def call(method: str, path: str, body: bytes | None = None) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{admin}{path}", data=body, method=method)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+
+    assert call("POST", f"/@connections/{cid}", "pushed to the page".encode()) == 200
+    env.browser.wait("push", lambda r: {"data": "pushed to the page", "type": "text"} in r["messages"], "the pushed message")
+    assert call("DELETE", f"/@connections/{cid}?code=4001&reason=kicked%20by%20the%20backend") == 204
+    seen = env.browser.wait_closed("push")
+    assert seen["close"] == {"code": 4001, "reason": "kicked by the backend", "wasClean": True}, seen
+    line = gw.wait_for(lambda l: l.get("event") == "websocket_close" and l.get("connection_id") == cid)
+    assert (line["cause"], line["code"]) == ("kicked", 4001)
