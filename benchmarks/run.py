@@ -61,7 +61,7 @@ TARGETS = ["direct", "wsgate", "nginx", "haproxy"]
 PROXIES = ["wsgate", "nginx", "haproxy"]
 ALL_SCENARIOS = ["a", "b", "c", "d", "e", "cap"]
 # Opt-in (--scenarios pool): not part of the default run or docs/benchmarks.md.
-EXTRA_SCENARIOS = ["pool"]
+EXTRA_SCENARIOS = ["pool", "push"]
 LOAD_SCENARIOS = {
     "a": {"title": "1 connection × 64 B, ping-pong", "connections": 1, "size": 64, "in_flight": 1, "messages_factor": 1.0},
     "b": {"title": "50 connections × 1 KiB, 1 in flight each", "connections": 50, "size": 1024, "in_flight": 1, "messages_factor": 1.0},
@@ -796,6 +796,137 @@ routes:
         }
 
 
+    def scenario_push(self) -> dict:
+        """The control API: push latency (POST → the client has it) to one
+        connection, and broadcast throughput to one channel with K
+        subscribers on one instance (deliveries per second, gateway CPU per
+        100k deliveries). Subscribers are raw sockets that read and discard,
+        so the client side stays cheap."""
+        import asyncio
+        import http.client
+        import threading
+
+        from aiohttp import web
+
+        bench = self.b
+        k = 200 if self.args.smoke else 5000
+        pushes = 100 if self.args.smoke else 1000
+        publishes = 5 if self.args.smoke else 20
+        ids: list[str] = []
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+
+        async def connect(request):
+            ids.append(request.headers.get("X-WSGate-Connection-Id", ""))
+            return web.Response(status=204, headers={"X-WSGate-Channels": "bench"})
+
+        async def start():
+            app = web.Application()
+            app.router.add_post("/connect", connect)
+            app.router.add_post("/m", lambda r: web.Response(status=204))
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            return runner, site._server.sockets[0].getsockname()[1]
+
+        runner, hook_port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+        d = fresh_dir(bench.tmp, "wsgate-push")
+        cfg = d / "wsgate.yaml"
+        cfg.write_text(f"""listen: {{host: 127.0.0.1, port: 0}}
+admin: {{host: 127.0.0.1, port: 0}}
+limits: {{max_connections: 20000}}
+routes:
+  - {{path: /live, upstream: "http://127.0.0.1:{hook_port}/m", http: {{connect_url: "http://127.0.0.1:{hook_port}/connect"}}}}
+""")
+        gw = Proc("wsgate-push", [str(bench.bin / "wsgate"), "--config", str(cfg)], d)
+        port = int(json.loads(gw.wait_line(r'"event":"listening"', 30))["port"])
+        admin = int(json.loads(gw.wait_line(r'"event":"admin_listening"', 30))["port"])
+        out: dict = {}
+        try:
+            log(f"== push: latency over {pushes} pushes to one connection; broadcast to {k} subscribers × {publishes}")
+            conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=30)
+
+            def post(path: str, body: bytes) -> tuple[int, bytes]:
+                conn.request("POST", path, body=body, headers={"Content-Type": "text/plain"})
+                r = conn.getresponse()
+                return r.status, r.read()
+
+            async def subscriber(reader_only: bool):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /live HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                await reader.readuntil(b"\r\n\r\n")
+                return reader, writer
+
+            async def latency():
+                import websockets
+                samples = []
+                async with websockets.connect(f"ws://127.0.0.1:{port}/live", proxy=None, compression=None) as ws:
+                    while not ids:
+                        await asyncio.sleep(0.01)
+                    cid = ids[-1]
+                    for i in range(pushes):
+                        t0 = time.perf_counter()
+                        status, _ = await asyncio.to_thread(post, f"/@connections/{cid}", b"p%d" % i)
+                        await ws.recv()
+                        samples.append((time.perf_counter() - t0) * 1e6)
+                        if status != 200:
+                            raise BenchFailure(f"push answered {status}")
+                samples.sort()
+                return samples
+
+            samples = asyncio.run(latency())
+            out["push_latency_us"] = {"p50": round(samples[len(samples) // 2]), "p99": round(samples[int(len(samples) * 0.99)]),
+                                      "max": round(samples[-1]), "n": len(samples)}
+
+            async def broadcast():
+                conns = []
+                for i in range(0, k, 200):
+                    conns += await asyncio.gather(*(subscriber(True) for _ in range(min(200, k - i))))
+                received = [0]
+
+                async def drain(reader):
+                    try:
+                        while True:
+                            chunk = await reader.read(65536)
+                            if not chunk:
+                                return
+                            received[0] += len(chunk)
+                    except Exception:
+                        return
+                readers = [asyncio.create_task(drain(r)) for r, _ in conns]
+                await asyncio.sleep(1.0)
+                before = tree_cpu_seconds(gw.pid)
+                t0 = time.perf_counter()
+                delivered = 0
+                for i in range(publishes):
+                    status, body = await asyncio.to_thread(post, "/channels/bench", b"x" * 64)
+                    delivered += json.loads(body)["delivered"]
+                seconds = time.perf_counter() - t0
+                cpu = cpu_delta(before, tree_cpu_seconds(gw.pid))
+                for _, w in conns:
+                    w.close()
+                for t in readers:
+                    t.cancel()
+                return delivered, seconds, cpu
+
+            delivered, seconds, cpu = asyncio.run(broadcast())
+            out["broadcast"] = {"subscribers": k, "publishes": publishes, "delivered": delivered,
+                                "deliveries_per_s": round(delivered / seconds), "gateway_cpu_s_per_100k": round(cpu / delivered * 100_000, 3)}
+            if delivered != k * publishes:
+                self.problem(f"push: {delivered} of {k * publishes} deliveries")
+        finally:
+            gw.stop()
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+        p, bc = out["push_latency_us"], out["broadcast"]
+        log(f"   push latency p50 {p['p50']} µs, p99 {p['p99']} µs; broadcast {bc['deliveries_per_s']:,} deliveries/s, "
+            f"{bc['gateway_cpu_s_per_100k']} gateway CPU-s per 100k deliveries")
+        return out
+
+
 # ---------------------------------------------------------------- environment
 
 def first_line(argv: list[str]) -> str | None:
@@ -1197,6 +1328,8 @@ def main() -> int:
                 results["scenarios"]["cap"] = runner.scenario_cap()
             if "pool" in scenarios:
                 results["scenarios"]["pool"] = runner.scenario_pool()
+            if "push" in scenarios:
+                results["scenarios"]["push"] = runner.scenario_push()
         except BenchFailure as e:
             runner.problem(str(e))
         except KeyboardInterrupt:

@@ -177,18 +177,30 @@ final class ControlAPI: Sendable {
         case .failure(let e): return eventLoop.makeSucceededFuture(e.response)
         case .success(let m): (payload, binary) = m
         }
-        let subscribers = channels.subscribers(of: channel)
-        let results = subscribers.map { session in session.eventLoop.submit { session.push(payload, binary: binary) } }
-        let local = EventLoopFuture.whenAllComplete(results, on: eventLoop).map { outcomes -> (Int, Int) in
-            var delivered = 0, busy = 0
-            for outcome in outcomes {
-                switch outcome {
-                case .success(.sent): delivered += 1
-                case .success(.busy): busy += 1
-                default: break
+        // One frame for everyone, and one task per event loop (not per
+        // subscriber): a publish to thousands costs a few hops, not
+        // thousands of promises.
+        let frame = Session.frame(payload, binary: binary)
+        let size = payload.readableBytes
+        var byLoop: [ObjectIdentifier: (EventLoop, [Session])] = [:]
+        for session in channels.subscribers(of: channel) {
+            byLoop[ObjectIdentifier(session.eventLoop), default: (session.eventLoop, [])].1.append(session)
+        }
+        let results = byLoop.values.map { loop, sessions in
+            loop.submit { () -> (Int, Int) in
+                var delivered = 0, busy = 0
+                for session in sessions {
+                    switch session.push(frame: frame, payloadBytes: size) {
+                    case .sent: delivered += 1
+                    case .busy: busy += 1
+                    case .gone: break
+                    }
                 }
+                return (delivered, busy)
             }
-            return (delivered, busy)
+        }
+        let local = EventLoopFuture.whenAllSucceed(results, on: eventLoop).map { counts -> (Int, Int) in
+            counts.reduce((0, 0)) { ($0.0 + $1.0, $0.1 + $1.1) }
         }
         let peers = fanOut ? (cluster?.addresses ?? []) : []
         let remote = peers.map { address in

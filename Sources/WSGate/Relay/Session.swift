@@ -157,14 +157,23 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
 
     /// One message to the client, as one frame, between relayed ones.
     func push(_ payload: ByteBuffer, binary: Bool) -> PushResult {
+        push(frame: Self.frame(payload, binary: binary), payloadBytes: payload.readableBytes)
+    }
+
+    /// One unmasked frame as it goes to clients; a broadcast makes it once
+    /// and every subscriber's write shares its bytes.
+    static func frame(_ payload: ByteBuffer, binary: Bool) -> ByteBuffer {
+        MaskedFrameWriter.serialize(
+            fin: true, opcode: binary ? .binary : .text, payload: payload, payloadMaskedWith: nil, newKey: nil,
+            allocator: ByteBufferAllocator())
+    }
+
+    func push(frame: ByteBuffer, payloadBytes: Int) -> PushResult {
         eventLoop.preconditionInEventLoop()
         guard machine.phase == .relaying, let client else { return .gone }
         guard client.isWritable else { return .busy }
-        let frame = MaskedFrameWriter.serialize(
-            fin: true, opcode: binary ? .binary : .text, payload: payload, payloadMaskedWith: nil, newKey: nil,
-            allocator: ByteBufferAllocator())
         messagesOut &+= 1
-        bytesOut &+= UInt64(payload.readableBytes)
+        bytesOut &+= UInt64(payloadBytes)
         client.writeFrames(frame)
         client.flush()
         lastActivity = .now()
