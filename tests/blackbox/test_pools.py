@@ -307,7 +307,7 @@ def test_hash_keeps_keys_on_their_target_and_moves_only_a_dead_targets_keys(make
     gw = pool_gateway(make_gateway, upstreams, {
         "path": "/pool", "balance": "hash", "hash_key": "query:room", "upstreams": [t.url for t in targets],
         "eject": {"consecutive_failures": 1, "base_ms": 60000}})
-    rooms = [f"room{i}" for i in range(240)]
+    rooms = [f"room{i}" for i in range(1000)]
 
     async def place(selected):
         out = {}
