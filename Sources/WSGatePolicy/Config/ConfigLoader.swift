@@ -142,8 +142,8 @@ private enum ConfigTables {
             .scalar("refresh_ms", .int(100...3_600_000), \.cluster.refreshMs),
         ]),
         .custom("resolver") { reader, node, path, config in
-            guard let list = reader.stringList(node, path) else { return }
-            for (i, text) in list.enumerated() {
+            guard let list = reader.indexedStringList(node, path) else { return }
+            for (i, text) in list {
                 if let address = ResolverAddress(text) {
                     config.resolver.append(address)
                 } else {
@@ -674,6 +674,12 @@ private struct Reader {
     mutating func value<Value>(_ node: Node, _ path: String, as kind: ScalarKind<Value>) -> Value? {
         var parsed = Parsed<Value>.malformed
         if case .scalar(let scalar) = node, !kind.plainOnly || scalar.style == .plain {
+            // File names, addresses and names go to C APIs, which would stop
+            // reading at a NUL: refused here rather than read as less.
+            if scalar.string.utf8.contains(0) {
+                problem(path, "contains a NUL character")
+                return nil
+            }
             parsed = kind.parse(scalar.string)
         }
         switch parsed {
@@ -685,13 +691,19 @@ private struct Reader {
     }
 
     mutating func stringList(_ node: Node, _ path: String) -> [String]? {
+        indexedStringList(node, path)?.map(\.value)
+    }
+
+    /// The strings of a list with their indexes in it, so that a problem
+    /// with an item names the right one when an earlier item was not a string.
+    mutating func indexedStringList(_ node: Node, _ path: String) -> [(index: Int, value: String)]? {
         guard case .sequence(let sequence) = node else {
             problem(path, "expected a list, found \(kind(node))")
             return nil
         }
-        var result: [String] = []
+        var result: [(index: Int, value: String)] = []
         for (index, item) in sequence.enumerated() {
-            if let s = value(item, "\(path)[\(index)]", as: .string) { result.append(s) }
+            if let s = value(item, "\(path)[\(index)]", as: .string) { result.append((index, s)) }
         }
         return result
     }
@@ -771,8 +783,8 @@ private struct Reader {
     }
 
     mutating func decodeForwardHeaders(_ node: Node, _ path: String, _ headers: inout [String]) {
-        guard let list = stringList(node, path) else { return }
-        for (i, name) in list.enumerated() {
+        guard let list = indexedStringList(node, path) else { return }
+        for (i, name) in list {
             let lower = name.lowercased()
             if !HeaderRules.isToken(lower) {
                 problem("\(path)[\(i)]", "invalid header name \(JSONText.quoted(name))")
@@ -844,6 +856,10 @@ private struct Reader {
     /// `hmac_secret_env`) and `on_failure`.
     mutating func decodeAuth(_ node: Node, _ path: String, _ draft: inout RouteDraft) {
         guard let entries = mapping(node, path, allowed: ["jwt", "on_failure"]) else { return }
+        var onFailure = AuthSettings.OnFailure.close
+        if let node = entries["on_failure"], let action = value(node, childPath(path, "on_failure"), as: .oneOf) as AuthSettings.OnFailure? {
+            onFailure = action
+        }
         guard let jwt = entries["jwt"] else {
             problem(childPath(path, "jwt"), "required key is missing")
             return
@@ -864,21 +880,21 @@ private struct Reader {
             sources.append(.hmacSecretEnv(name))
         }
         let present = ["jwks_url", "keys_file", "hmac_secret_env"].filter { fields[$0] != nil }
-        guard present.count == 1 else {
+        if present.count != 1 {
             problem(jwtPath, present.isEmpty ? "needs one of jwks_url, keys_file, hmac_secret_env" : "give only one of \(present.joined(separator: ", "))")
-            return
         }
-        guard let source = sources.first else { return }
-        var settings = AuthSettings(keys: source)
+        // The other keys are read whatever the key source was, so that every
+        // problem is reported at once.
+        var settings = AuthSettings(keys: sources.first ?? .hmacSecretEnv(""))
         if let node = fields["issuer"], let issuer = value(node, childPath(jwtPath, "issuer"), as: .string) { settings.issuer = issuer }
         if let node = fields["audiences"], let list = stringList(node, childPath(jwtPath, "audiences")) { settings.audiences = list }
         if let node = fields["leeway_ms"], let ms = value(node, childPath(jwtPath, "leeway_ms"), as: .int(0...3_600_000)) { settings.leewayMs = ms }
         if let node = fields["jwks_refresh_ms"], let ms = value(node, childPath(jwtPath, "jwks_refresh_ms"), as: .int(1_000...86_400_000)) {
             settings.jwksRefreshMs = ms
         }
-        if let node = fields["token_from"], let list = stringList(node, childPath(jwtPath, "token_from")) {
+        if let node = fields["token_from"], let list = indexedStringList(node, childPath(jwtPath, "token_from")) {
             var parsed: [AuthSettings.TokenSource] = []
-            for (i, text) in list.enumerated() {
+            for (i, text) in list {
                 if let s = AuthSettings.TokenSource.parse(text) {
                     parsed.append(s)
                 } else {
@@ -910,9 +926,8 @@ private struct Reader {
                 problem(claimsPath, "expected a mapping, found \(kind(node))")
             }
         }
-        if let node = entries["on_failure"], let action = value(node, childPath(path, "on_failure"), as: .oneOf) as AuthSettings.OnFailure? {
-            settings.onFailure = action
-        }
+        settings.onFailure = onFailure
+        guard present.count == 1, !sources.isEmpty else { return }
         draft.auth = settings
     }
 
@@ -930,8 +945,8 @@ private struct Reader {
             cluster.peersDNS = String(rest)
             return
         }
-        guard let list = stringList(node, path) else { return }
-        for (i, peer) in list.enumerated() {
+        guard let list = indexedStringList(node, path) else { return }
+        for (i, peer) in list {
             if case .success = URLParts.parse("http://\(peer)/"), peer.contains(":") {
                 cluster.peers.append(peer)
             } else {
@@ -942,9 +957,9 @@ private struct Reader {
 
     /// `log.redact_query`: parameter names, matched case-insensitively.
     mutating func decodeRedactQuery(_ node: Node, _ path: String, _ names: inout [String]) {
-        guard let list = stringList(node, path) else { return }
+        guard let list = indexedStringList(node, path) else { return }
         var accepted: [String] = []
-        for (i, name) in list.enumerated() {
+        for (i, name) in list {
             if name.isEmpty || name.contains(where: { "&=#? ".contains($0) }) {
                 problem("\(path)[\(i)]", "invalid query parameter name \(JSONText.quoted(name))")
             } else {
@@ -956,8 +971,8 @@ private struct Reader {
 
     /// `trusted_proxies`: addresses (`10.0.0.7`) or networks (`10.0.0.0/8`, `fd00::/8`).
     mutating func decodeTrustedProxies(_ node: Node, _ path: String, _ networks: inout [IPNetwork]) {
-        guard let list = stringList(node, path) else { return }
-        for (i, text) in list.enumerated() {
+        guard let list = indexedStringList(node, path) else { return }
+        for (i, text) in list {
             if let network = IPNetwork(text) {
                 networks.append(network)
             } else {

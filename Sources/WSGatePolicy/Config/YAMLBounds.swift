@@ -39,21 +39,47 @@ enum YAMLBounds {
     /// comments; config keys are names, so refusing these costs nothing.
     static func aliasUsedAsKey(_ text: String) -> String? {
         let bytes = Array(text.utf8)
+        let space = UInt8(ascii: " "), tab = UInt8(ascii: "\t"), newline = UInt8(ascii: "\n")
+        func isBlank(_ b: UInt8) -> Bool { b == space || b == tab || b == newline || b == UInt8(ascii: "\r") }
         var i = 0
         var line = 1
-        var previous: UInt8 = UInt8(ascii: "\n")  // the last byte that is not a space on this line
+        // The previous byte, and whether a token may start here: after white
+        // space that follows an indicator or a line start, or right after a
+        // flow indicator (`[`, `{`, `,`). Inside plain text (`/chat/*`,
+        // `ws://h/x?*`) it may not.
+        var previous = newline
+        var atTokenStart = true
+        // An explicit key (`? `) whose key has not appeared yet: it may be on
+        // the next line.
+        var explicitKeyPending = false
         while i < bytes.count {
             let b = bytes[i]
-            switch b {
-            case UInt8(ascii: "\n"):
-                line += 1
-                previous = b
+            if isBlank(b) {
+                if b == newline { line += 1 }
+                // White space: a token may start after it only when what came
+                // before was an indicator or the start of a line.
+                if previous == newline || [UInt8(ascii: "?"), UInt8(ascii: "-"), UInt8(ascii: ":"), UInt8(ascii: "["),
+                    UInt8(ascii: "{"), UInt8(ascii: ",")].contains(previous) || atTokenStart
+                {
+                    atTokenStart = true
+                }
+                if b == newline {
+                    previous = newline
+                    atTokenStart = true
+                }
                 i += 1
+                continue
+            }
+            switch b {
+            case UInt8(ascii: "#") where atTokenStart || previous == newline:
+                while i < bytes.count, bytes[i] != newline { i += 1 }
+                continue
             case UInt8(ascii: "'"), UInt8(ascii: "\""):
-                // A quoted scalar: skip to its end ('' and \\" escapes).
+                explicitKeyPending = false
+                // A quoted scalar: skip to its end ('' and \" escapes).
                 i += 1
                 while i < bytes.count {
-                    if bytes[i] == UInt8(ascii: "\n") { line += 1 }
+                    if bytes[i] == newline { line += 1 }
                     if b == UInt8(ascii: "\""), bytes[i] == UInt8(ascii: "\\") { i += 2; continue }
                     if bytes[i] == b {
                         if b == UInt8(ascii: "'"), i + 1 < bytes.count, bytes[i + 1] == b { i += 2; continue }
@@ -63,35 +89,40 @@ enum YAMLBounds {
                 }
                 i += 1
                 previous = b
-            case UInt8(ascii: "#") where previous == UInt8(ascii: "\n") || i == 0 || bytes[i - 1] == UInt8(ascii: " ") || bytes[i - 1] == UInt8(ascii: "\t"):
-                while i < bytes.count, bytes[i] != UInt8(ascii: "\n") { i += 1 }
-            case UInt8(ascii: "*") where isTokenStart(previous, i == 0 ? UInt8(ascii: "\n") : bytes[i - 1]):
-                let explicitKey = previous == UInt8(ascii: "?")
+                atTokenStart = false
+                continue
+            case UInt8(ascii: "?") where atTokenStart && (i + 1 == bytes.count || isBlank(bytes[i + 1])):
+                explicitKeyPending = true
+                previous = b
+                atTokenStart = false
+                i += 1
+                continue
+            case UInt8(ascii: "*") where atTokenStart:
                 i += 1
                 while i < bytes.count, !isEnd(bytes[i]) { i += 1 }
                 var j = i
-                while j < bytes.count, bytes[j] == UInt8(ascii: " ") || bytes[j] == UInt8(ascii: "\t") { j += 1 }
-                if explicitKey || (j < bytes.count && bytes[j] == UInt8(ascii: ":")) {
+                while j < bytes.count, bytes[j] == space || bytes[j] == tab { j += 1 }
+                if explicitKeyPending || (j < bytes.count && bytes[j] == UInt8(ascii: ":")) {
                     return "line \(line): an alias used as a mapping key (keys must be plain names)"
                 }
                 previous = UInt8(ascii: "*")
-            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\r"):
-                i += 1
-            default:
+                atTokenStart = false
+                continue
+            case UInt8(ascii: "["), UInt8(ascii: "{"), UInt8(ascii: ","):
+                // Flow indicators: a token may follow at once.
+                explicitKeyPending = false
                 previous = b
+                atTokenStart = true
+                i += 1
+                continue
+            default:
+                explicitKeyPending = false
+                previous = b
+                atTokenStart = false
                 i += 1
             }
         }
         return nil
-    }
-
-    /// An alias starts a token: at the start of a line or after an
-    /// indicator, and after white space (`/chat/*` is a plain scalar).
-    private static func isTokenStart(_ previous: UInt8, _ before: UInt8) -> Bool {
-        let indicators: [UInt8] = [UInt8(ascii: "\n"), UInt8(ascii: "["), UInt8(ascii: "{"), UInt8(ascii: ","), UInt8(ascii: "?"),
-                                   UInt8(ascii: "-"), UInt8(ascii: ":")]
-        let spaceOrIndicator = before == UInt8(ascii: " ") || before == UInt8(ascii: "\t") || indicators.contains(before)
-        return spaceOrIndicator && indicators.contains(previous)
     }
 
     private static func isEnd(_ b: UInt8) -> Bool {
