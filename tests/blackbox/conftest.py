@@ -418,7 +418,10 @@ class Gateway:
         admin = next((l for l in self.snapshot() if l.get("event") == "admin_listening"), None)
         if admin is None or not self.alive():
             return None
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin['port']}/metrics", timeout=10) as r:
+        host = admin.get("host", "127.0.0.1")
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # the listener's own address when it has one
+        host = f"[{host}]" if ":" in host else host
+        with urllib.request.urlopen(f"http://{host}:{admin['port']}/metrics", timeout=10) as r:
             return int(prometheus_sum(r.read().decode(), "wsgate_connections_total"))
 
     def finish(self) -> list[str]:

@@ -117,6 +117,10 @@ def test_push_to_a_client_that_does_not_read_gets_429(make_gateway):
     statuses = run(main(), timeout=120)
     assert statuses[-1] == 429, f"never 429 after {len(statuses)} pushes"
     assert set(statuses[:-1]) == {200}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert 'wsgate_push_total{result="busy"} 1' in text
+    assert f'wsgate_push_total{{result="sent"}} {len(statuses) - 1}' in text
 
 
 def test_kick_closes_with_the_backends_code(gateway):
@@ -308,3 +312,43 @@ def test_three_instances_reach_each_others_connections(make_gateway, upstreams):
         assert all(f"127.0.0.1:{ports['c']}" in f for f in answer2["peers_failed"]) and len(answer2["peers_failed"]) <= 1
     finally:
         backend.stop()
+
+
+def test_peers_found_by_dns(make_gateway, upstreams):
+    """`cluster.peers: dns:NAME:PORT`: every address of NAME is a peer (a
+    headless Service); each instance finds the other and skips itself."""
+    from test_pools import ControlledDNS
+    dns = ControlledDNS()
+    try:
+        port = free_port()
+        dns.records["peers.wsgate.test"] = ["127.0.0.1", "127.0.0.2"]
+        gws = {}
+        for name, host in (("a", "127.0.0.1"), ("b", "127.0.0.2")):
+            gws[name] = make_gateway(
+                admin={"host": host, "port": port}, resolver=[f"127.0.0.1:{dns.port}"],
+                cluster={"instance_id": f"dns-{name}", "peers": f"dns:peers.wsgate.test:{port}", "refresh_ms": 200})
+
+        async def main():
+            on_b, cid = await open_inspected(gws["b"])
+            deadline = time.monotonic() + 15
+            while True:
+                status, _ = await asyncio.to_thread(call_host, "127.0.0.1", port, "POST", f"/@connections/{cid}", b"via dns")
+                if status == 200 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            got = await asyncio.wait_for(on_b.recv(), 10) if status == 200 else None
+            await on_b.close()
+            return status, got
+
+        assert run(main(), timeout=60) == (200, "via dns")
+    finally:
+        dns.stop()
+
+
+def call_host(host: str, port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(f"http://{host}:{port}{path}", data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()

@@ -56,10 +56,14 @@ final class GatewayMetrics: Sendable {
         httpRequest = CoreMetrics.Timer(label: "wsgate_http_upstream_request_seconds", dimensions: [], factory: factory)
         handshakesRefused = CoreMetrics.Counter(label: "wsgate_handshakes_refused_total", dimensions: [], factory: factory)
         logLinesDropped = CoreMetrics.Counter(label: "wsgate_log_lines_dropped_total", dimensions: [], factory: factory)
+        pushSent = CoreMetrics.Counter(label: "wsgate_push_total", dimensions: [("result", "sent")], factory: factory)
+        pushBusy = CoreMetrics.Counter(label: "wsgate_push_total", dimensions: [("result", "busy")], factory: factory)
+        pushGone = CoreMetrics.Counter(label: "wsgate_push_total", dimensions: [("result", "gone")], factory: factory)
         // Present from the start, so dashboards see 0 rather than no series.
         connectionsActive.set(0)
         handshakesRefused.increment(by: 0)
         logLinesDropped.increment(by: 0)
+        for c in [pushSent, pushBusy, pushGone] { c.increment(by: 0) }
     }
 
     func connectionOpened(route: String) {
@@ -134,6 +138,13 @@ final class GatewayMetrics: Sendable {
     }
 
     private let rateCounters = NIOLockedValueBox<[String: CoreMetrics.Counter]>([:])
+
+    /// `wsgate_push_total{result}`: control-API messages `sent` to clients,
+    /// or refused because the client was `busy` (not reading: 429) or `gone`
+    /// (410). One series per result, made at start.
+    let pushSent: CoreMetrics.Counter
+    let pushBusy: CoreMetrics.Counter
+    let pushGone: CoreMetrics.Counter
 
     /// `wsgate_rate_limited_total{route,action}`: read batches over a
     /// client's rate (throttled), or connections closed for it.

@@ -170,8 +170,15 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
 
     func push(frame: ByteBuffer, payloadBytes: Int) -> PushResult {
         eventLoop.preconditionInEventLoop()
-        guard machine.phase == .relaying, let client else { return .gone }
-        guard client.isWritable else { return .busy }
+        guard machine.phase == .relaying, let client else {
+            environment.metrics.pushGone.increment()
+            return .gone
+        }
+        guard client.isWritable else {
+            environment.metrics.pushBusy.increment()
+            return .busy
+        }
+        environment.metrics.pushSent.increment()
         messagesOut &+= 1
         bytesOut &+= UInt64(payloadBytes)
         client.writeFrames(frame)
