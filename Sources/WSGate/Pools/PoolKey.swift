@@ -12,28 +12,11 @@ enum PoolKey {
         case .header(let name):
             return head.headers.first(name: name)
         case .query(let name):
-            guard let q = head.uri.firstIndex(of: "?") else { return nil }
-            for pair in head.uri[head.uri.index(after: q)...].split(separator: "&") {
-                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                if parts[0] == name { return parts.count > 1 ? String(parts[1]) : "" }
-            }
-            return nil
+            return HTTPText.queryValues(name, in: head.uri).first
         case .cookie(let name):
-            for header in head.headers["cookie"] {
-                for item in header.split(separator: ";") {
-                    let parts = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                    if parts[0].trimmingCharacters(in: " \t") == name { return parts.count > 1 ? String(parts[1]) : "" }
-                }
-            }
-            return nil
+            return HTTPText.cookieValues(name, in: head.headers["cookie"]).first
         case .clientIP:
             return clientIP
         }
-    }
-}
-
-extension Substring {
-    fileprivate func trimmingCharacters(in set: String) -> Substring {
-        drop(while: { set.contains($0) }).reversed().drop(while: { set.contains($0) }).reversed().reduce(into: Substring()) { $0.append($1) }
     }
 }

@@ -283,17 +283,5 @@ final class ControlAPI: Sendable {
         return (parts[0], query)
     }
 
-    static func percentDecoded(_ text: Substring) -> String {
-        var out: [UInt8] = []
-        var bytes = Array(text.utf8)[...]
-        while let b = bytes.popFirst() {
-            if b == UInt8(ascii: "%"), bytes.count >= 2, let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) {
-                out.append(v)
-                bytes = bytes.dropFirst(2)
-            } else {
-                out.append(b)
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
+    static func percentDecoded(_ text: Substring) -> String { HTTPText.percentDecoded(text) }
 }

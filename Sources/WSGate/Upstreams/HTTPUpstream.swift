@@ -139,8 +139,7 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
             switch response.status {
             case 200..<300:
                 // The backend may subscribe the connection to channels.
-                self.subscribedChannels = (response.capturedHeader ?? "").split(separator: ",")
-                    .map { String($0.trimmingCharacters(in: " \t")) }.filter { !$0.isEmpty }
+                self.subscribedChannels = HTTPText.list(response.capturedHeader ?? "")
                 return nil
             case 400...:
                 throw UpstreamFailure(.upstreamHTTPError, httpStatus: response.status, error: "connect_url answered HTTP \(response.status)")
@@ -359,14 +358,5 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
                 ])
             }
         }
-    }
-}
-
-extension Substring {
-    fileprivate func trimmingCharacters(in set: String) -> Substring {
-        var s = self
-        while let f = s.first, set.contains(f) { s = s.dropFirst() }
-        while let l = s.last, set.contains(l) { s = s.dropLast() }
-        return s
     }
 }

@@ -23,7 +23,7 @@ public struct ForwardedFor: Sendable, Equatable {
         }
         let prior = headerValues
             .flatMap { $0.split(separator: ",") }
-            .map { $0.trimmingWhitespace() }
+            .map(HTTPText.trimmingBlanks)
             .filter { !$0.isEmpty }
         header = (prior + [peer]).joined(separator: ", ")
         // Right to left past the trusted proxies; a malformed entry stops the
@@ -36,11 +36,5 @@ public struct ForwardedFor: Sendable, Equatable {
             else { break }
         }
         clientIP = client
-    }
-}
-
-extension Substring {
-    fileprivate func trimmingWhitespace() -> String {
-        String(self.drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
     }
 }
