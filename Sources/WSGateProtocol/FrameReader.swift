@@ -8,10 +8,15 @@ public enum FrameReadResult {
     case frame(FrameHeader, payload: ByteBuffer, start: Int)
     /// The rest of the frame has not arrived yet.
     case needMoreBytes
-    /// The stream cannot be parsed past this frame (a frame over the size
-    /// limit, or a control frame that is fragmented or over 125 bytes):
-    /// detected from the header alone, like NIO's decoder does.
+    /// The stream cannot be parsed past this frame (a frame declaring far
+    /// more than the size limit, or a control frame that is fragmented or
+    /// over 125 bytes): detected from the header alone, like NIO's decoder does.
     case framingError(FrameViolation)
+    /// A data frame over the size limit whose length is still within
+    /// `FrameReader.skippableBytes`: its bytes are dropped as they arrive
+    /// (never held), and parsing goes on after it, so the peer's close
+    /// frame that follows is still read.
+    case oversized(FrameViolation)
 }
 
 /// Splits a byte stream into WebSocket frames without copying.
@@ -23,10 +28,19 @@ public struct FrameReader {
     /// Largest payload a single frame may declare.
     public let maxFrameBytes: Int
     private var buffer: ByteBuffer?
+    /// Bytes of an `.oversized` frame still to drop.
+    private var skipping = 0
 
     public init(maxFrameBytes: Int) {
         self.maxFrameBytes = maxFrameBytes
     }
+
+    /// The largest oversized frame that is skipped rather than ending the
+    /// parse: a client that sends a message a little over the limit (a
+    /// browser, say) gets its close frame read after it, so the close
+    /// handshake completes; a header that declares terabytes does not make
+    /// the gateway read them. Bounded in time as well by `close_handshake_ms`.
+    public var skippableBytes: Int { max(4 * maxFrameBytes, 16 << 20) }
 
     /// Bytes held that are not a complete frame yet.
     public var bufferedBytes: Int { buffer?.readableBytes ?? 0 }
@@ -52,7 +66,7 @@ public struct FrameReader {
     /// and the payload bytes so far (as received). Nil when no header is
     /// complete yet, or when the front frame is complete.
     public func partialFrame() -> (header: FrameHeader, arrived: ByteBuffer)? {
-        guard let buffer, buffer.readableBytes >= 2,
+        guard skipping == 0, let buffer, buffer.readableBytes >= 2,
             let header = buffer.withUnsafeReadableBytes({ FrameHeader.parse($0) })
         else { return nil }
         let arrived = buffer.readableBytes - header.headerLength
@@ -62,13 +76,22 @@ public struct FrameReader {
 
     /// The next complete frame, consumed from the buffer.
     public mutating func next() -> FrameReadResult {
+        if skipping > 0 {
+            dropSkipped()
+            if skipping > 0 { return .needMoreBytes }
+        }
         guard let available = buffer?.readableBytes, available >= 2 else { return .needMoreBytes }
         guard let header = buffer!.withUnsafeReadableBytes({ FrameHeader.parse($0) }) else { return .needMoreBytes }
         if header.isControl {
             if !header.fin { return .framingError(.protocolError("fragmented control frame")) }
             if header.payloadLength > 125 { return .framingError(.protocolError("control frame over 125 bytes")) }
         } else if header.payloadLength > UInt64(maxFrameBytes) {
-            return .framingError(.messageTooBig(limit: maxFrameBytes))
+            guard header.payloadLength <= UInt64(skippableBytes) else {
+                return .framingError(.messageTooBig(limit: maxFrameBytes))
+            }
+            skipping = header.headerLength + Int(header.payloadLength)
+            dropSkipped()
+            return .oversized(.messageTooBig(limit: maxFrameBytes))
         }
         let payloadLength = Int(header.payloadLength)
         let frameLength = header.headerLength + payloadLength
@@ -90,5 +113,14 @@ public struct FrameReader {
         buffer!.moveReaderIndex(forwardBy: frameLength)
         if buffer!.readableBytes == 0 { buffer = nil }
         return .frame(header, payload: payload, start: start)
+    }
+
+    /// Drops what has arrived of the frame being skipped.
+    private mutating func dropSkipped() {
+        guard let readable = buffer?.readableBytes else { return }
+        let n = min(skipping, readable)
+        buffer!.moveReaderIndex(forwardBy: n)
+        skipping -= n
+        if buffer!.readableBytes == 0 { buffer = nil }
     }
 }

@@ -10,7 +10,7 @@ import WSGate
 import Glibc
 #endif
 
-@main
+/// The `wsgate` command line; started by main.swift.
 struct WSGateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wsgate",
@@ -127,7 +127,7 @@ struct Serve: AsyncParsableCommand {
         // Signals are caught from before the gateway listens: a SIGTERM that
         // arrives right after the `listening` line must start the drain.
         let signals = ShutdownSignal()
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: config.workers.resolved(coresAvailable: System.coreCount))
         let server: GatewayServer
         do {
             server = try GatewayServer(config: config, group: group, logger: logger, eventLog: EventLog(format: format, redaction: redaction))

@@ -34,6 +34,20 @@ struct ConfigTests {
         #expect(c.log.level == .info)
         #expect(c.routes == [Route(path: "/echo", upstream: .echo)])
         #expect(c.closeCodes.isEmpty)
+        #expect(c.workers == .auto)
+    }
+
+    @Test func workersIsAutoOrACount() throws {
+        let routes = "routes:\n  - path: /echo\n    upstream: builtin:echo\n"
+        #expect(try ConfigLoader.load(yaml: "workers: 1\n" + routes).workers == .count(1))
+        #expect(try ConfigLoader.load(yaml: "workers: auto\n" + routes).workers == .auto)
+        #expect(try ConfigLoader.load(yaml: routes, environment: ["WSGATE_WORKERS": "3"]).workers == .count(3))
+        #expect(GatewayConfig.Workers.auto.resolved(coresAvailable: 6) == 6)
+        #expect(GatewayConfig.Workers.auto.resolved(coresAvailable: 0) == 1)
+        #expect(GatewayConfig.Workers.count(2).resolved(coresAvailable: 6) == 2)
+        #expect(problems("workers: 0\n" + routes) == ["workers: 0 is out of range 1...1024"])
+        #expect(problems("workers: many\n" + routes) == ["workers: expected auto or an integer, found \"many\""])
+        #expect(problems(routes, env: ["WSGATE_WORKERS": "-1"]).count == 1)
     }
 
     @Test func fullConfigDecodes() throws {
@@ -163,19 +177,20 @@ struct ConfigTests {
         let start = try #require(readme.range(of: "Environment variables override single keys:"))
         let paragraph = readme[start.upperBound...].prefix { $0 != "." }
         let documented = paragraph.split(separator: "`").filter { $0.hasPrefix("WSGATE_") }.map(String.init)
-        #expect(documented.count == 5)
+        #expect(documented.count == 6)
         #expect(ConfigLoader.environmentOverrides.map(\.variable) == documented)
-        #expect(ConfigLoader.environmentOverrides.map(\.path) == ["listen.port", "admin.port", "log.level", "log.format", "cluster.instance_id"])
+        #expect(ConfigLoader.environmentOverrides.map(\.path) == ["listen.port", "admin.port", "log.level", "log.format", "workers", "cluster.instance_id"])
     }
 
     /// Each variable sets the same field, from the same text, as its key in the file.
     @Test func everyEnvironmentOverrideActsLikeItsKey() throws {
         let routes = "routes:\n  - {path: /a, upstream: builtin:echo}\n"
-        let samples = ["listen.port": "1234", "admin.port": "4321", "log.level": "debug", "log.format": "text", "cluster.instance_id": "pod-7"]
+        let samples = ["listen.port": "1234", "admin.port": "4321", "log.level": "debug", "log.format": "text", "workers": "3", "cluster.instance_id": "pod-7"]
         for (variable, path) in ConfigLoader.environmentOverrides {
             let text = try #require(samples[path], "no sample value for \(path)")
             let parts = path.split(separator: ".")
-            let fromFile = try ConfigLoader.load(yaml: "\(parts[0]): {\(parts[1]): \(text)}\n" + routes)
+            let line = parts.count == 1 ? "\(parts[0]): \(text)\n" : "\(parts[0]): {\(parts[1]): \(text)}\n"
+            let fromFile = try ConfigLoader.load(yaml: line + routes)
             let fromEnvironment = try ConfigLoader.load(yaml: routes, environment: [variable: text])
             #expect(fromFile == fromEnvironment, "\(variable) vs \(path)")
             #expect(fromEnvironment != GatewayConfig.defaultsForTest(routes: fromFile.routes), "\(variable) changed nothing")

@@ -220,6 +220,38 @@ struct FrameReaderTests {
         guard case .needMoreBytes = partial.next() else { Issue.record("partial"); return }
     }
 
+    /// A frame a little over the limit is dropped as it arrives, in any
+    /// split, and the frame after it (the client's close reply) is read.
+    @Test func oversizedFrameIsSkippedAndTheNextOneRead() {
+        let alloc = ByteBufferAllocator()
+        let limit = 1000
+        var bytes: [UInt8] = [0x81, 0x7E, 0x07, 0xD0] + [UInt8](repeating: 0x61, count: 2000)  // text, 2000 bytes
+        bytes += [0x88, 0x02, 0x03, 0xE8]  // close 1000
+        for chunk in [1, 3, 7, 999, 4000] {
+            var reader = FrameReader(maxFrameBytes: limit)
+            var results: [String] = []
+            var i = 0
+            while i < bytes.count {
+                reader.append(alloc.buffer(bytes: bytes[i..<min(i + chunk, bytes.count)]))
+                i += chunk
+                loop: while true {
+                    switch reader.next() {
+                    case .needMoreBytes: break loop
+                    case .oversized(.messageTooBig(let l)): results.append("oversized \(l)")
+                    case .frame(let header, _, _): results.append("frame \(header.opcode)")
+                    default: results.append("other")
+                    }
+                }
+                #expect(reader.bufferedBytes <= max(chunk, 4), "chunk \(chunk): skipped bytes are not held")
+            }
+            #expect(results == ["oversized 1000", "frame \(WebSocketOpcode.connectionClose)"], "chunk \(chunk)")
+        }
+        // Far over the skippable size: the parse ends there, as before.
+        var huge = FrameReader(maxFrameBytes: limit)
+        huge.append(alloc.buffer(bytes: [0x82, 0x7F, 0, 0, 0x01, 0, 0, 0, 0, 0]))
+        guard case .framingError(.messageTooBig(limit: 1000)) = huge.next() else { Issue.record("huge"); return }
+    }
+
     /// A header alone must not make the reader reserve the length it declares.
     @Test func declaredLengthIsNotReservedUpFront() {
         var reader = FrameReader(maxFrameBytes: 1 << 30)

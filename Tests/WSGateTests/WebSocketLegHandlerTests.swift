@@ -90,9 +90,22 @@ struct WebSocketLegHandlerTests {
         #expect(leg.delegate.relayed.isEmpty)
     }
 
-    @Test func oversizeFrameHeaderBreaksFramingAndStopsReading() throws {
+    @Test func oversizeFrameIsSkippedAndOnlyACloseFrameIsReadAfterIt() throws {
         let leg = try Leg(.server(relayAs: .plainFrames), maxMessageBytes: 8)
-        try leg.peerSends([WireFrame.binary(Array(repeating: 7, count: 9)).masked(), WireFrame.text("after").masked()])
+        try leg.peerSends([
+            WireFrame.binary(Array(repeating: 7, count: 9)).masked(), WireFrame.text("after").masked(),
+            WireFrame(opcode: 0x8, payload: [0x03, 0xE8]).masked(),
+        ])
+        #expect(leg.delegate.calls.first == .violation(.messageTooBig(limit: 8), framingBroken: false))
+        #expect(leg.delegate.relayed.isEmpty, "nothing after an oversized frame is relayed")
+        #expect(leg.delegate.calls.contains(.close(code: 1000, reason: "")), "the close reply after it is read: \(leg.delegate.calls)")
+    }
+
+    @Test func headerDeclaringFarTooMuchBreaksFramingAndStopsReading() throws {
+        let leg = try Leg(.server(relayAs: .plainFrames), maxMessageBytes: 8)
+        // 2^40 bytes declared: far over what is skipped.
+        try leg.channel.writeInbound(ByteBuffer(bytes: [0x82, 0xFF, 0, 0, 0x01, 0, 0, 0, 0, 0, 1, 2, 3, 4]))
+        try leg.peerSends([WireFrame.text("after").masked()])
         #expect(leg.delegate.calls.first == .violation(.messageTooBig(limit: 8), framingBroken: true))
         #expect(leg.delegate.relayed.isEmpty, "nothing after an unparseable frame is read")
     }

@@ -4,6 +4,7 @@ raw asyncio sockets. A violation must end the connection with a close frame
 
 from __future__ import annotations
 
+import asyncio
 import struct
 
 import pytest
@@ -167,6 +168,34 @@ def test_message_over_limit_1009(gateway, name):
 def test_message_over_limit_on_ws_upstream_route(gateway):
     addr, res = run(violate(gateway, TOO_BIG["binary_single_frame"](), path="/up/echo"))
     check(gateway, addr, res, 1009, "client_message_too_big")
+
+
+def test_over_limit_frame_is_skipped_and_the_close_reply_awaited(gateway):
+    """A frame a little over the limit (a browser's too-big message): the
+    gateway answers 1009 at once, drops the frame's bytes as they come, and
+    keeps TCP open until the client's close reply arrives after them, as a
+    close handshake goes (Firefox reports `wasClean: false` when the server
+    ends TCP before its reply). No FIN while the reply is still to come."""
+    async def main():
+        ws = await rawws.RawWS.connect(gateway.port, "/echo")
+        ws.send(frame(OP_TEXT, b"a" * (DEFAULT_MAX + 1)))
+        await ws.drain(10)
+        f = await ws.read_frame()
+        assert (f.opcode, f.close_code) == (OP_CLOSE, 1009)
+        try:
+            early = await asyncio.wait_for(ws.reader.read(1), 0.5)
+        except asyncio.TimeoutError:
+            early = None  # nothing, and no FIN: still waiting for our reply
+        assert early is None, f"the gateway ended TCP (or sent {early!r}) before the client's close reply"
+        ws.send(frame(OP_CLOSE, f.payload[:2]))
+        await ws.drain()
+        rest = await asyncio.wait_for(ws.reader.read(), 10)
+        assert rest == b"", "TCP closed after the close reply"
+        return ws.local_addr
+
+    addr = run(main())
+    ev = gateway.close_event(addr)
+    assert (ev["cause"], ev["code"], ev["was_clean"]) == ("client_message_too_big", 1009, True)
 
 
 def test_frame_header_announcing_too_much_is_rejected_early(gateway):

@@ -455,7 +455,7 @@ def http_url_ok(t: str) -> bool:
 # --------------------------------------------------------------------------
 # the schema: every key of the config file and what it accepts
 
-any_text = st.text(max_size=30)
+any_text = st.text(st.characters(blacklist_characters="\x00"), max_size=30)  # a NUL is refused anywhere
 
 
 # A leaf's rule: `ok(value, pki)` says whether check-config accepts the value
@@ -470,6 +470,16 @@ class Int:
 
     def ok(self, v, pki) -> bool:
         return is_int(v) and self.lo <= v <= self.hi
+
+
+@dataclass(frozen=True)
+class AutoOrInt(Int):
+    """`workers`: the plain word `auto` or an integer in range."""
+    what = property(lambda self: f"auto or an integer in {self.lo}...{self.hi}")
+    valid = property(lambda self: st.one_of(st.just("auto"), st.integers(self.lo, self.hi)))
+
+    def ok(self, v, pki) -> bool:
+        return v == "auto" or super().ok(v, pki)
 
 
 @dataclass(frozen=True)
@@ -499,7 +509,10 @@ class Text:
     valid: Any = any_text
 
     def ok(self, v, pki) -> bool | None:
-        return not isinstance(v, (list, dict)) and self.judge(scalar_text(v))
+        # check-config refuses a NUL in any value (C strings would cut it)
+        if isinstance(v, (list, dict)) or "\x00" in scalar_text(v):
+            return False
+        return self.judge(scalar_text(v))
 
 
 @dataclass(frozen=True)
@@ -696,6 +709,7 @@ SCHEMA = {
     "close_codes": CLOSE_CODE_OVERRIDES,
     "trusted_proxies": Strings(Text(ascii_only(ip_network_ok), "an IP address or CIDR network", valid_networks)),
     "resolver": Strings(Text(ascii_only(resolver_ok), "an IP address with an optional port", valid_resolvers)),
+    "workers": AutoOrInt(1, 1024),
 }
 
 
@@ -1233,6 +1247,7 @@ log:
   buffer_bytes: 4194304
 trusted_proxies: [10.0.0.0/8, "fd00::/8", 127.0.0.1]
 resolver: [10.0.0.10, "10.0.0.11:5353", "[fd00::a]:53"]
+workers: 2
 routes:
   - path: /echo
     upstream: builtin:echo

@@ -50,6 +50,9 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private(set) var closeFrameSent = false
     /// The peer's stream ended for us (its close frame, or one we cannot parse past).
     private var inputDone = false
+    /// An oversized frame was reported: nothing after it is relayed or
+    /// answered, only a close frame is still read.
+    private var sawViolation = false
     /// The payload of the latest ping not answered yet because the peer is not
     /// reading (our channel is not writable). Only the latest is answered
     /// (RFC 6455 §5.5.3), and reading stops until it is: a ping flood costs
@@ -99,15 +102,22 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 inputDone = true
                 batch.send(to: delegate)
                 delegate.legViolation(violation, framingBroken: true)
+            case .oversized(let violation):
+                // Its bytes are dropped; after it only the client's close
+                // frame (the reply to ours) is still looked for.
+                guard !closeFrameSent, !sawViolation else { continue }
+                sawViolation = true
+                batch.send(to: delegate)
+                delegate.legViolation(violation, framingBroken: false)
             case .frame(let header, var payload, _):
                 switch validator.validate(header, payload: &payload) {
                 case .success(.data):
-                    guard !closeFrameSent else { continue }
+                    guard !closeFrameSent, !sawViolation else { continue }
                     batch.append(
                         header, payload, newKey: newKeys ? maskingKeys.nextWord() : nil, remaining: reader.bufferedBytes,
                         allocator: context.channel.allocator)
                 case .success(.ping(let payload)):
-                    guard !closeFrameSent else { continue }
+                    guard !closeFrameSent, !sawViolation else { continue }
                     // Echoed data before this ping goes out before its pong.
                     batch.send(to: delegate)
                     answerPing(payload, context: context)
@@ -142,7 +152,8 @@ final class WebSocketLegHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 run.send(from: source, to: delegate)
                 failFastOnPartialText()
                 return
-            case .framingError(let violation):
+            case .framingError(let violation), .oversized(let violation):
+                // From an upstream, an oversized frame fails the connection at once.
                 inputDone = true
                 run.send(from: source, to: delegate)
                 delegate.legViolation(violation, framingBroken: true)

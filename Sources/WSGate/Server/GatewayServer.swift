@@ -129,6 +129,7 @@ public final class GatewayServer: Sendable {
         gateway.logger.info("listening", metadata: [
             "host": .string(gateway.config.listen.host), "port": .stringConvertible(port),
             "routes": .stringConvertible(gateway.config.routes.count), "tls": .stringConvertible(serverTLS != nil),
+            "workers": .stringConvertible(group.makeIterator().reduce(0) { n, _ in n + 1 }),
         ])
         do {
             let adminPort = try await admin.start(group: group)

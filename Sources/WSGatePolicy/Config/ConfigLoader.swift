@@ -129,6 +129,7 @@ private enum ConfigTables {
             .scalar("buffer_bytes", .int(65_536...(1 << 30)), \.log.bufferBytes),
             .custom("redact_query") { reader, node, path, config in reader.decodeRedactQuery(node, path, &config.log.redactQuery) },
         ]),
+        .scalar("workers", .workers, \.workers, environment: "WSGATE_WORKERS"),
         .custom("routes", required: true) { reader, node, path, config in reader.decodeRoutes(node, path, &config.routes) },
         .custom("close_codes") { reader, node, path, config in reader.decodeCloseCodes(node, path, &config.closeCodes) },
         .custom("trusted_proxies") { reader, node, path, config in reader.decodeTrustedProxies(node, path, &config.trustedProxies) },
@@ -506,6 +507,23 @@ extension ScalarKind where Value == UInt16 {
             }
             return .value(UInt16(code))
         }
+    }
+}
+
+extension ScalarKind where Value == GatewayConfig.Workers {
+    /// `workers`: `auto` or a count of event loops.
+    static var workers: ScalarKind {
+        ScalarKind(
+            expected: "auto or an integer", plainOnly: true,
+            parse: { text in
+                if text == "auto" { return .value(.auto) }
+                guard let n = Int(text) else { return .malformed }
+                guard (1...GatewayConfig.Workers.maximum).contains(n) else {
+                    return .rejected("\(n) is out of range 1...\(GatewayConfig.Workers.maximum)")
+                }
+                return .value(.count(n))
+            },
+            environmentText: { $0 }, environmentMessage: { "invalid workers \(JSONText.quoted($0)) (expected auto or a number)" })
     }
 }
 

@@ -53,6 +53,25 @@ public struct GatewayConfig: Sendable, Equatable {
         public var closeCode: UInt16 = CloseCode.goingAway
     }
 
+    /// How many event loops (threads) serve connections, as nginx's
+    /// `worker_processes`, HAProxy's `nbthread` and Envoy's `--concurrency`.
+    public enum Workers: Sendable, Equatable {
+        /// The cores this process may use: the CPU set and the cgroup CPU
+        /// quota in a container (SwiftNIO's `System.coreCount`).
+        case auto
+        case count(Int)
+
+        public static let maximum = 1024
+
+        /// The number of event loops, given the cores available.
+        public func resolved(coresAvailable: Int) -> Int {
+            switch self {
+            case .auto: return max(1, coresAvailable)
+            case .count(let n): return n
+            }
+        }
+    }
+
     public enum LogFormat: String, Sendable, Equatable, CaseIterable {
         case json, text
     }
@@ -97,6 +116,7 @@ public struct GatewayConfig: Sendable, Equatable {
     public var log = Log()
     public var control: Control? = nil
     public var cluster = Cluster()
+    public var workers: Workers = .auto
     public var routes: [Route] = []
     /// Peers whose `X-Forwarded-For` is believed and appended to; from any
     /// other peer the header is replaced by the peer's own address.
