@@ -7,14 +7,20 @@ docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks.svg.
                               [--smoke] [--write] [--build-dir DIR]
                               [--baseline-bin DIR] [--json FILE]
 
-Targets: direct (client -> echo), wsgate (ws:// route), nginx (proxy_pass with
-the Upgrade/Connection map, worker_processes 1), haproxy (mode http, nbthread 1).
-The client and the echo upstream are `wsgate-bench load` / `echo-server`.
+Targets: direct (client -> echo), wsgate (ws:// route, default `workers: auto`,
+one event loop per core), wsgate-w1 (the same binary and config plus `workers: 1`:
+the like-for-like pair with nginx and HAProxy below, on a machine where the client
+and the echo share the cores), nginx (proxy_pass with the Upgrade/Connection map,
+worker_processes 1), haproxy (mode http, nbthread 1). wsgate-w1 runs right after
+wsgate in a, b, c, d and e (not in cap). The client and the echo upstream are
+`wsgate-bench load` / `echo-server`.
 With --baseline-bin DIR (a directory holding the `wsgate` release binary of an
-older build), a target wsgate-base runs right after wsgate: that binary with the
-same generated config, in a, b, c, d and e, for a before/after in one run; the
-run ends with a wsgate vs wsgate-base comparison on stderr. `wsgate-bench`
-always comes from --build-dir. Not with --write (the docs never mix builds).
+older build), a target wsgate-base runs right after wsgate and wsgate-w1: that
+binary with the same generated config (default workers only: there is no
+workers: 1 run of the baseline), in a, b, c, d and e, for a before/after in one
+run; the run ends with a wsgate vs wsgate-base comparison on stderr.
+`wsgate-bench` always comes from --build-dir. Not with --write (the docs never
+mix builds).
 
 Scenarios:
   a  1 connection, 64 B, 1 in flight (ping-pong), M messages
@@ -22,12 +28,16 @@ Scenarios:
   c  50 connections x 64 KiB, 1 in flight each, M/5 messages (nginx: proxy_buffer_size 64k)
   d  RSS per idle proxied connection at K = 1000 and 5000 (fresh proxy per K and rep)
   e  WS -> HTTP: 64 connections x 1 KiB through an http:// route of wsgate to the
-     echo's HTTP echo, next to `wrk -t1 -c64` POSTing 1 KiB to it directly (ceiling)
+     echo's HTTP echo, next to two ceilings POSTing 1 KiB to it directly in the same
+     rep: `wrk -t1 -c64` (the echo's) and benchmarks/curl_driver.c (libcurl's own
+     cost: one thread, multi interface, 64 easy handles, keep-alive; compiled here
+     with gcc, or cc/clang, -O2 -Wall -Werror -lcurl into the run's temp dir)
   cap  wsgate holds 9,000 concurrent proxied idle connections
 
-Targets are interleaved rep by rep (each rep runs direct, wsgate, nginx, haproxy
-in turn); figures are the median with min-max over the reps. A missing nginx
-or HAProxy drops its target with a warning, except in CI (CI=true) or with
+Targets are interleaved rep by rep (each rep runs direct, wsgate, wsgate-w1,
+nginx, haproxy in turn); figures are the median with min-max over the reps; the
+doc's "Against nginx" table puts each proxy (wsgate-w1 too) over nginx. A
+missing nginx or HAProxy drops its target with a warning, except in CI (CI=true) or with
 WSGATE_REQUIRE_BENCH_TARGETS=1 (set by .ci/run): there the run goes on and
 then fails, as it always does when scenario e finds no wrk. Proxy CPU is
 utime+stime from /proc/PID/stat summed over all the proxy's processes, as a
@@ -57,8 +67,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-TARGETS = ["direct", "wsgate", "nginx", "haproxy"]
-PROXIES = ["wsgate", "nginx", "haproxy"]
+TARGETS = ["direct", "wsgate", "wsgate-w1", "nginx", "haproxy"]
+PROXIES = ["wsgate", "wsgate-w1", "nginx", "haproxy"]
 ALL_SCENARIOS = ["a", "b", "c", "d", "e", "cap"]
 # Opt-in (--scenarios pool): not part of the default run or docs/benchmarks.md.
 EXTRA_SCENARIOS = ["pool", "push"]
@@ -67,8 +77,12 @@ LOAD_SCENARIOS = {
     "b": {"title": "50 connections × 1 KiB, 1 in flight each", "connections": 50, "size": 1024, "in_flight": 1, "messages_factor": 1.0},
     "c": {"title": "50 connections × 64 KiB, 1 in flight each", "connections": 50, "size": 65536, "in_flight": 1, "messages_factor": 0.2},
 }
-COLORS = {"direct": "#9e9e9e", "wsgate": "#1f77b4", "wsgate-base": "#9467bd", "nginx": "#2ca02c", "haproxy": "#d62728"}
+COLORS = {"direct": "#9e9e9e", "wsgate": "#1f77b4", "wsgate-w1": "#17becf", "wsgate-base": "#9467bd",
+          "nginx": "#2ca02c", "haproxy": "#d62728"}
 BASE = "wsgate-base"  # the target --baseline-bin adds: an older wsgate binary, same config as wsgate
+W1 = "wsgate-w1"  # the same wsgate binary and config plus `workers: 1` (one event loop)
+LEGEND = {"wsgate": "wsgate (workers: auto)", W1: "wsgate-w1 (workers: 1)"}  # the chart's legend
+CURL_DRIVER = Path(__file__).resolve().parent / "curl_driver.c"  # scenario e: libcurl's own cost
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -297,6 +311,8 @@ class Bench:
         self.smoke = smoke
         self.echo: Proc | None = None
         self.echo_port = 0
+        self.curl_driver_bin: Path | None = None
+        self.workers: dict[str, int] = {}  # per wsgate target: the event loops its "listening" line reports
 
     def start_echo(self) -> None:
         self.echo = Proc("echo", [str(self.bin / "wsgate-bench"), "echo-server", "--host", "127.0.0.1", "--port", "0"], self.tmp)
@@ -307,14 +323,17 @@ class Bench:
         base URL and the per-scenario paths."""
         if target == BASE:
             return self.start_wsgate(self.base_bin / "wsgate", BASE)
+        if target == W1:
+            return self.start_wsgate(name=W1, workers=1)
         return {"wsgate": self.start_wsgate, "nginx": self.start_nginx, "haproxy": self.start_haproxy}[target]()
 
-    def start_wsgate(self, binary: Path | None = None, name: str = "wsgate"):
+    def start_wsgate(self, binary: Path | None = None, name: str = "wsgate", workers: int | None = None):
         """wsgate (default: the --build-dir binary) with the benchmark config;
-        `binary`/`name` run another build of it with the very same config."""
+        `binary`/`name` run another build of it with the very same config;
+        `workers` adds that top-level key (wsgate-w1: 1), nothing else changes."""
         d = fresh_dir(self.tmp, name)
         cfg = d / "wsgate.yaml"
-        cfg.write_text(f"""listen: {{host: 127.0.0.1, port: 0}}
+        cfg.write_text((f"workers: {workers}\n" if workers is not None else "") + f"""listen: {{host: 127.0.0.1, port: 0}}
 admin: {{host: 127.0.0.1, port: 0}}
 shutdown: {{drain_timeout_ms: 3000}}
 routes:
@@ -323,8 +342,13 @@ routes:
   - {{path: /api, upstream: "http://127.0.0.1:{self.echo_port}/"}}
 """)
         gw = Proc(name, [str(binary or self.bin / "wsgate"), "--config", str(cfg)], d)
-        port = int(json.loads(gw.wait_line(r'"event":"listening"', 30))["port"])
-        return gw, f"ws://127.0.0.1:{port}", {"ws": "/ws", "big": "/big", "api": "/api"}
+        listening = json.loads(gw.wait_line(r'"event":"listening"', 30))
+        if "workers" in listening:  # older builds do not say
+            self.workers[name] = listening["workers"]
+            if workers is not None and listening["workers"] != workers:
+                gw.stop()
+                raise BenchFailure(f"{name}: configured workers: {workers}, but it runs {listening['workers']}")
+        return gw, f"ws://127.0.0.1:{listening['port']}", {"ws": "/ws", "big": "/big", "api": "/api"}
 
     def start_nginx(self):
         d = fresh_dir(self.tmp, "nginx")
@@ -454,6 +478,40 @@ backend echo
             errors += int(e.group(1))
         lat = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", out.stdout)
         return {"requests_per_s": float(m.group(1)), "errors": errors, "latency_avg": lat.group(1) if lat else None}
+
+    def build_curl_driver(self) -> Path:
+        """benchmarks/curl_driver.c, compiled once per run into the temp dir
+        (gcc, else cc or clang; -Wall -Werror)."""
+        if self.curl_driver_bin:
+            return self.curl_driver_bin
+        cc = next((c for c in ("gcc", "cc", "clang") if shutil.which(c)), None)
+        if not cc:
+            raise BenchFailure("no C compiler (gcc, cc or clang) for benchmarks/curl_driver.c")
+        out = self.tmp / "curl_driver"
+        argv = [cc, "-O2", "-Wall", "-Werror", "-o", str(out), str(CURL_DRIVER), "-lcurl"]
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise BenchFailure(f"{shlex.join(argv)}: no result within 120 s")
+        if r.returncode != 0:
+            raise BenchFailure(f"{shlex.join(argv)} failed ({r.returncode}; libcurl4-openssl-dev installed?)\n{r.stdout}{r.stderr}")
+        self.curl_driver_bin = out
+        return out
+
+    def curl_post(self, port: int, connections: int, seconds: int, body_size: int) -> dict:
+        """libcurl alone POSTing to the echo: benchmarks/curl_driver.c's JSON
+        (requests_per_s, cpu_s of its own process, ...) plus cpu_s_per_100k."""
+        argv = [str(self.build_curl_driver()), f"http://127.0.0.1:{port}/", str(connections), str(body_size), str(seconds)]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            raise BenchFailure("curl_driver did not finish")
+        lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+        if out.returncode != 0 or not lines:
+            raise BenchFailure(f"curl_driver: exit {out.returncode}, no result\n{out.stdout[-1500:]}{out.stderr[-1500:]}")
+        r = json.loads(lines[-1])
+        r["cpu_s_per_100k"] = round(r["cpu_s"] / r["requests"] * 100_000, 4) if r["requests"] else None
+        return r
 
 
 # ---------------------------------------------------------------- statistics
@@ -604,27 +662,31 @@ class Runner:
         return res
 
     def scenario_e(self) -> dict:
-        """wsgate (and wsgate-base, if given) through the http:// route; in each
-        rep the wrk ceiling, then each gateway in turn, against the same echo."""
+        """wsgate, wsgate-w1 (and wsgate-base, if given) through the http://
+        route; in each rep the two ceilings against the echo directly (wrk,
+        then the libcurl driver), then each gateway in turn, same echo."""
         messages = self.args.messages
         seconds = 1 if self.args.smoke else 5
-        gateways = [t for t in ("wsgate", BASE) if t in self.proxies]
-        log(f"== scenario e: WS -> HTTP through {' then '.join(gateways) or 'wsgate'}, 64 × 1 KiB, {messages} messages; "
-            f"ceiling wrk -t1 -c64 -d{seconds}s")
-        res = {"connections": 64, "size": 1024, "messages": messages, "wrk_seconds": seconds, "wrk": [], "wsgate": []}
-        if BASE in gateways:
-            res[BASE] = []
+        gateways = [t for t in ("wsgate", W1, BASE) if t in self.proxies]
+        log(f"== scenario e: WS -> HTTP through {', '.join(gateways) or 'wsgate'}, 64 × 1 KiB, {messages} messages; "
+            f"ceilings wrk -t1 -c64 -d{seconds}s and curl_driver 64 handles {seconds} s")
+        res = {"connections": 64, "size": 1024, "messages": messages, "wrk_seconds": seconds, "curl_seconds": seconds,
+               "wrk": [], "curl": [], **{t: [] for t in gateways}}
         if "wsgate" not in self.proxies:
             return res
         if not shutil.which("wrk"):
             self.problem("wrk not found (apt-get install wrk): no ceiling for scenario e")
+        try:
+            self.b.build_curl_driver()
+        except BenchFailure as e:
+            self.problem(f"e/curl_driver: {e}")
         running = {"wsgate": self.b.start_wsgate()}
         try:
-            if BASE in gateways:
+            for t in gateways[1:]:
                 try:
-                    running[BASE] = self.b.start_proxy(BASE)
+                    running[t] = self.b.start_proxy(t)
                 except BenchFailure as e:
-                    self.problem(f"e/{BASE} did not start: {e}")
+                    self.problem(f"e/{t} did not start: {e}")
             urls = {t: base + paths["api"] for t, (_, base, paths) in running.items()}
             for t in running:
                 try:
@@ -641,6 +703,16 @@ class Runner:
                         log(f"   rep {rep + 1} {'wrk':{self.w}} {w['requests_per_s']:>10,.0f} req/s")
                     except BenchFailure as e:
                         self.problem(f"e/wrk rep {rep + 1}: {e}")
+                if self.b.curl_driver_bin:
+                    try:
+                        c = self.b.curl_post(self.b.echo_port, 64, seconds, 1024)
+                        res["curl"].append(c)
+                        if c["errors"]:
+                            self.problem(f"e/curl_driver rep {rep + 1}: {c['errors']} error(s)")
+                        log(f"   rep {rep + 1} {'curl':{self.w}} {c['requests_per_s']:>10,.0f} req/s  "
+                            f"own CPU {c['cpu_s_per_100k']:.3f} s/100k  new connections {c['new_connections']}")
+                    except BenchFailure as e:
+                        self.problem(f"e/curl_driver rep {rep + 1}: {e}")
                 for t, (gw, _, _) in running.items():
                     before = tree_cpu_seconds(gw.pid)
                     try:
@@ -654,25 +726,36 @@ class Runner:
                     if r["errors"] or r["messages"] < messages - 64:
                         self.problem(f"e/{t} rep {rep + 1}: {r['errors']} error(s), {r['messages']}/{messages}: {r.get('error_samples')}")
                     res[t].append(r)
-                    log(f"   rep {rep + 1} {t:{self.w}} {r['msgs_per_s']:>10,.0f} msgs/s  p50 {us(r['p50_us']):>9}  p99 {us(r['p99_us']):>9}")
+                    log(f"   rep {rep + 1} {t:{self.w}} {r['msgs_per_s']:>10,.0f} msgs/s  p50 {us(r['p50_us']):>9}  p99 {us(r['p99_us']):>9}"
+                        f"  proxy CPU {r['proxy_cpu_s_per_100k']:.3f} s/100k")
         finally:
             for gw, _, _ in running.values():
                 gw.stop()
-        res["summary"] = self.summarise_e(res["wsgate"], res["wrk"])
+        res["summary"] = self.summarise_e(res["wsgate"], res["wrk"], res["curl"])
+        if W1 in res:
+            res["w1_summary"] = self.summarise_e(res[W1], res["wrk"], res["curl"])
         if BASE in res:  # the same fields for the baseline build, next to "summary"
-            res["base_summary"] = self.summarise_e(res[BASE], res["wrk"])
+            res["base_summary"] = self.summarise_e(res[BASE], res["wrk"], res["curl"])
         return res
 
     @staticmethod
-    def summarise_e(runs: list[dict], wrk: list[dict]) -> dict:
+    def summarise_e(runs: list[dict], wrk: list[dict], curl: list[dict]) -> dict:
+        """One gateway's figures; the ceilings' are repeated in each (and the
+        percentages pair each rep's gateway run with that rep's ceiling run)."""
         return {
             "wrk_requests_per_s": summary([w["requests_per_s"] for w in wrk]),
+            "curl_requests_per_s": summary([c["requests_per_s"] for c in curl]),
+            "curl_cpu_s_per_100k": summary([c["cpu_s_per_100k"] for c in curl]),
+            "curl_percent_of_wrk": summary([100 * c["requests_per_s"] / w["requests_per_s"]
+                                            for c, w in zip(curl, wrk) if w["requests_per_s"]]),
             "wsgate_msgs_per_s": summary([r["msgs_per_s"] for r in runs]),
             "p50_us": summary([r["p50_us"] for r in runs]), "p99_us": summary([r["p99_us"] for r in runs]),
             "proxy_cpu_s_per_100k": summary([r["proxy_cpu_s_per_100k"] for r in runs]),
             # per rep: that rep's wsgate rate over that rep's ceiling
             "percent_of_ceiling": summary([100 * r["msgs_per_s"] / w["requests_per_s"]
                                            for r, w in zip(runs, wrk) if w["requests_per_s"]]),
+            "percent_of_curl": summary([100 * r["msgs_per_s"] / c["requests_per_s"]
+                                        for r, c in zip(runs, curl) if c["requests_per_s"]]),
         }
 
     def scenario_cap(self) -> dict:
@@ -986,7 +1069,7 @@ def extras_markdown(r: dict) -> str:
     L = ["# Benchmarks: upstream pools and backend push", "",
          "<!-- generated by benchmarks/run.py --scenarios pool,push --write; do not edit by hand -->", "",
          f"Generated on {r['date']} by `{r['command']}`.", "",
-         f"- Machine: {m['nproc']} cores (`nproc`), {m['cpu']}, {m['kernel']}; {v['swift']} (release build).",
+         f"- Machine: {m['nproc']} cores (`nproc`), {m['cpu']}, {m['kernel']}; {v['swift']} (release build, Swift libraries linked statically as in the Docker image).",
          "- Client, gateway and upstreams share the machine's cores.", ""]
     pool = r["scenarios"].get("pool")
     if pool:
@@ -1019,10 +1102,42 @@ def extras_markdown(r: dict) -> str:
     return "\n".join(L)
 
 
+def vs_nginx_markdown(r: dict) -> list[str]:
+    """The comparison in brief: each proxy over nginx, median over median, per
+    load scenario (CPU per message, throughput) and per K of (d) (RSS per
+    idle connection). Empty without nginx."""
+    sc = r["scenarios"]
+    proxies = [t for t in r["targets"] if t not in ("direct", "nginx")]
+    rows = []
+
+    def ratio(x, y):
+        return f"{x['median'] / y['median']:.2f}×" if x and y and y["median"] else "–"
+
+    for name in ("a", "b", "c"):
+        if name in sc and "nginx" in sc[name]["targets"]:
+            cell = lambda t, key: sc[name]["targets"].get(t, {}).get("summary", {}).get(key)
+            rows.append([f"({name}) proxy CPU per message"] + [ratio(cell(t, "proxy_cpu_s_per_100k"), cell("nginx", "proxy_cpu_s_per_100k")) for t in proxies])
+            rows.append([f"({name}) msgs/s"] + [ratio(cell(t, "msgs_per_s"), cell("nginx", "msgs_per_s")) for t in proxies])
+    if "d" in sc and "nginx" in sc["d"]["targets"]:
+        for k in sc["d"]["ks"]:
+            cell = lambda t: sc["d"]["targets"].get(t, {}).get(str(k), {}).get("summary", {}).get("rss_per_conn_bytes")
+            rows.append([f"(d) RSS per idle connection, K = {k:,}"] + [ratio(cell(t), cell("nginx")) for t in proxies])
+    if not rows:
+        return []
+    L = ["## Against nginx", "",
+         "Each target's median over nginx's median in the same run (CPU and RSS: lower is better; msgs/s: higher is "
+         "better)." + (" wsgate runs with the default `workers: auto`, wsgate-w1 with `workers: 1` like nginx's one "
+                       "worker process and HAProxy's one thread." if W1 in proxies else ""), "",
+         "| | " + " | ".join(f"{t} / nginx" for t in proxies) + " |", "|---|" + "---|" * len(proxies)]
+    L += ["| " + " | ".join(row) + " |" for row in rows]
+    return L + [""]
+
+
 def markdown(r: dict) -> str:
     env = r["environment"]
     m, v = env["machine"], env["versions"]
     base = BASE in r["targets"]
+    w1 = W1 in r["targets"]
     L = [
         "# Benchmarks",
         "",
@@ -1031,9 +1146,9 @@ def markdown(r: dict) -> str:
         f"Generated on {r['date']} by `{r['command']}`.",
         "",
         f"- Machine: {m['nproc']} cores (`nproc`), {m['cpu']}, {m['kernel']}",
-        f"- {v['swift']} (release build); {v['nginx']}; {v['haproxy']}; {v['libcurl']}; {v['wrk']}",
+        f"- {v['swift']} (release build, Swift libraries linked statically); {v['nginx']}; {v['haproxy']}; {v['libcurl']}; {v['wrk']}",
         f"- {r['settings']['reps']} rep{'s' if r['settings']['reps'] != 1 else ''}; in every rep the targets run in turn "
-        f"({'direct, wsgate, wsgate-base, nginx, haproxy' if base else 'direct, wsgate, nginx, haproxy'}), "
+        f"({', '.join(r['targets'])}), "
         "so drift hits them alike. Figures: median (min–max) over the reps.",
         "- Client (`wsgate-bench load`, closed loop, HDR histogram of every round trip, 3 significant digits), "
         "echo upstream (`wsgate-bench echo-server`) and proxy share the machine's cores: absolute rates are low, "
@@ -1041,17 +1156,25 @@ def markdown(r: dict) -> str:
         "- Proxy CPU: utime+stime from `/proc/PID/stat`, summed over all the proxy's processes "
         "(nginx master and worker), delta over the measured run, per 100,000 messages (each message is a round trip: "
         "the proxy relays it both ways).",
-        "- Proxies: wsgate with `ws://` routes; nginx `worker_processes 1`, `proxy_pass` with the Upgrade/Connection "
+        "- Proxies: wsgate with `ws://` routes and the default `workers: auto` (one event loop per core); "
+        "nginx `worker_processes 1`, `proxy_pass` with the Upgrade/Connection "
         "map, `worker_connections 20000` (scenario c: `proxy_buffer_size 64k`); HAProxy `mode http`, `nbthread 1`, "
         f"`maxconn {r['settings']['haproxy_maxconn']}`, `timeout tunnel 1h`, default `tune.bufsize`. All on 127.0.0.1.",
         "",
     ]
+    if w1:
+        n = r["settings"].get("wsgate_workers", {}).get("wsgate", m["nproc"])
+        L[-1:-1] = [f"- wsgate-w1: the same `wsgate` binary and config plus `workers: 1` (one event loop instead of "
+                    f"wsgate's {n}), run right after wsgate in every rep. wsgate-w1 next to nginx `worker_processes 1` and "
+                    "HAProxy `nbthread 1` is the like-for-like pair on a machine where the client and the echo share the "
+                    "cores with the proxy; wsgate is what a default install does."]
     if base:
         L[-1:-1] = [f"- wsgate-base: the `wsgate` binary in `{r['settings']['baseline_bin']}` (an older build) with the same "
-                    "config as wsgate, run right after it in every rep."]
+                    "config as wsgate (default workers), run right after it in every rep."]
     if r["skipped"]:
         L += [f"Skipped: {'; '.join(r['skipped'])}.", ""]
     sc = r["scenarios"]
+    L += vs_nginx_markdown(r)
     for name in ("a", "b", "c"):
         if name not in sc:
             continue
@@ -1088,23 +1211,30 @@ def markdown(r: dict) -> str:
         L.append("")
     if "e" in sc and sc["e"].get("summary"):
         e, s = sc["e"], sc["e"]["summary"]
+        curl = bool(s.get("curl_requests_per_s"))
         L += ["## (e) WS → HTTP", "",
               f"64 WebSocket connections, 1 KiB binary messages, 1 in flight each, {e['messages']:,} messages per run, "
               "through an `http://` route of wsgate (one POST per message, libcurl) to the HTTP echo of "
-              f"`wsgate-bench echo-server`. Ceiling: `wrk -t1 -c64 -d{e['wrk_seconds']}s` POSTing 1 KiB bodies to the same "
-              "echo directly (keep-alive).", "",
-              "| | requests or messages / s | p50 | p99 | wsgate CPU-s / 100k msgs |",
-              "|---|---|---|---|---|",
-              f"| wrk → echo (ceiling) | {med(s['wrk_requests_per_s'])} | | | |",
-              f"| wsgate-bench → wsgate → echo | {med(s['wsgate_msgs_per_s'])} | {us(s['p50_us']['median']) if s['p50_us'] else '–'} | "
-              f"{us(s['p99_us']['median']) if s['p99_us'] else '–'} | {med(s['proxy_cpu_s_per_100k'], '{:.2f}')} |",
-              f"| wsgate as % of the ceiling | {med(s['percent_of_ceiling'], '{:.0f} %')} | | | |",
-              ""]
-        if b := e.get("base_summary"):
-            L[-1:-1] = [
-                f"| wsgate-bench → wsgate-base → echo | {med(b['wsgate_msgs_per_s'])} | {us(b['p50_us']['median']) if b['p50_us'] else '–'} | "
-                f"{us(b['p99_us']['median']) if b['p99_us'] else '–'} | {med(b['proxy_cpu_s_per_100k'], '{:.2f}')} |",
-                f"| wsgate-base as % of the ceiling | {med(b['percent_of_ceiling'], '{:.0f} %')} | | | |"]
+              "`wsgate-bench echo-server`. Two ceilings POST 1 KiB bodies to the same echo directly (keep-alive) in the "
+              f"same rep: `wrk -t1 -c64 -d{e['wrk_seconds']}s` (the echo's ceiling) and "
+              f"[`benchmarks/curl_driver.c`](../benchmarks/curl_driver.c) for {e.get('curl_seconds', e['wrk_seconds'])} s "
+              "(libcurl's own cost: one thread, the multi interface driven from epoll as in wsgate, 64 easy handles, "
+              "the same request headers as wsgate's, nothing else). Each gateway is shown as a share of both, "
+              "pairing each rep with the same rep's ceiling. Own CPU: the gateway's, or the curl driver's process "
+              "(`getrusage`), per 100,000 requests or messages.", "",
+              "| | requests or messages / s | p50 | p99 | own CPU-s / 100k | % of wrk | % of curl driver |",
+              "|---|---|---|---|---|---|---|",
+              f"| wrk → echo (ceiling) | {med(s['wrk_requests_per_s'])} | | | | | |"]
+        if curl:
+            L.append(f"| curl driver → echo (libcurl's own cost) | {med(s['curl_requests_per_s'])} | | | "
+                     f"{med(s.get('curl_cpu_s_per_100k'), '{:.2f}')} | {med(s.get('curl_percent_of_wrk'), '{:.0f} %')} | |")
+        for t, key in (("wsgate", "summary"), (W1, "w1_summary"), (BASE, "base_summary")):
+            if g := e.get(key):
+                L.append(f"| wsgate-bench → {t} → echo | {med(g['wsgate_msgs_per_s'])} | "
+                         f"{us(g['p50_us']['median']) if g['p50_us'] else '–'} | {us(g['p99_us']['median']) if g['p99_us'] else '–'} | "
+                         f"{med(g['proxy_cpu_s_per_100k'], '{:.2f}')} | {med(g['percent_of_ceiling'], '{:.0f} %')} | "
+                         f"{med(g.get('percent_of_curl'), '{:.0f} %')} |")
+        L.append("")
     if "cap" in sc and "open" in sc["cap"]:
         c = sc["cap"]
         L += ["## Capacity", "",
@@ -1150,6 +1280,7 @@ def comparison(r: dict) -> list[dict]:
         add("e", "p50", new.get("p50_us"), old.get("p50_us"), "us")
         add("e", "p99", new.get("p99_us"), old.get("p99_us"), "us")
         add("e", "% of wrk ceiling", new.get("percent_of_ceiling"), old.get("percent_of_ceiling"), "pct")
+        add("e", "% of curl driver", new.get("percent_of_curl"), old.get("percent_of_curl"), "pct")
     return rows
 
 
@@ -1242,7 +1373,8 @@ def svg_chart(r: dict) -> str:
     sc = r["scenarios"]
     proxies = [t for t in PROXIES if t in r["targets"]]
     y = 10
-    text(10, y + 16, "wsgate vs nginx vs HAProxy, one echo upstream (lower is better)", 15, weight="bold")
+    text(10, y + 16, f"{' and '.join(t for t in ('wsgate', W1) if t in proxies) or 'wsgate'} vs nginx vs HAProxy, "
+                     "one echo upstream (lower is better)", 15, weight="bold")
     y += 22
     m = r["environment"]["machine"]
     reps = r["settings"]["reps"]
@@ -1251,11 +1383,13 @@ def svg_chart(r: dict) -> str:
     y += 26
     lx = 10
     for t in proxies:
+        label = LEGEND.get(t, t)
         parts.append(f'<rect x="{lx}" y="{y}" width="12" height="12" fill="{COLORS[t]}" rx="2"/>')
-        text(lx + 17, y + 10, t, 12)
-        lx += 100
-    text(lx + 10, y + 10, "bar = median, whisker = min–max over the reps", 11, fill="#555")
-    y += 28
+        text(lx + 17, y + 10, label, 12)
+        lx += 17 + round(6.3 * len(label)) + 18
+    y += 20
+    text(10, y + 10, "bar = median, whisker = min–max over the reps", 11, fill="#555")
+    y += 24
     text(10, y + 12, "Proxy CPU seconds per 100,000 messages (utime+stime, all proxy processes)", 13, weight="bold", fill="#333")
     y += 24
     for name in ("a", "b", "c"):
@@ -1297,7 +1431,7 @@ def main() -> int:
                     help="directory with the release binaries wsgate and wsgate-bench (default: $WSGATE_BUILD_DIR/release or .build/release)")
     ap.add_argument("--baseline-bin", type=Path, metavar="DIR",
                     help="directory with the wsgate release binary of an older build: adds the target wsgate-base (same config, "
-                         "right after wsgate in scenarios a-e) and a wsgate vs wsgate-base comparison at the end; not with --write")
+                         "default workers, right after wsgate and wsgate-w1 in scenarios a-e) and a wsgate vs wsgate-base comparison at the end; not with --write")
     ap.add_argument("--json", type=Path, metavar="FILE",
                     help="write this run's results (every run and the summaries) to FILE; unlike --write, never touches docs/")
     args = ap.parse_args()
@@ -1316,7 +1450,7 @@ def main() -> int:
     bin_dir = args.build_dir if args.build_dir.is_absolute() else (Path.cwd() / args.build_dir)
     for exe in ("wsgate", "wsgate-bench"):
         if not (bin_dir / exe).exists():
-            log(f"{bin_dir / exe} not found: build first (scripts/bench does: swift build -c release)")
+            log(f"{bin_dir / exe} not found: build first (scripts/bench does: swift build -c release --static-swift-stdlib)")
             return 2
     base_bin = None
     if args.baseline_bin:
@@ -1328,7 +1462,7 @@ def main() -> int:
         if (base_bin / "wsgate").resolve() == (bin_dir / "wsgate").resolve():
             log(f"note: wsgate-base and wsgate are the same binary ({bin_dir / 'wsgate'}): an A/A run")
 
-    targets, skipped, missing_required = ["direct", "wsgate"] + ([BASE] if base_bin else []), [], []
+    targets, skipped, missing_required = ["direct", "wsgate", W1] + ([BASE] if base_bin else []), [], []
     for tool, pkg in (("nginx", "nginx-light"), ("haproxy", "haproxy")):
         if shutil.which(tool):
             targets.append(tool)
@@ -1381,6 +1515,7 @@ def main() -> int:
             runner.problem("interrupted")
         finally:
             Proc.stop_all()
+    results["settings"]["wsgate_workers"] = bench.workers
     results["seconds"] = round(time.monotonic() - started, 1)
     results["problems"] = runner.problems
     if base_bin:

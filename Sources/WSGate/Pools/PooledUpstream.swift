@@ -22,7 +22,10 @@ final class PooledUpstream: UpstreamLeg, @unchecked Sendable {
     private weak var delegate: UpstreamLegDelegate?
     private let pool: UpstreamPool
     private let eventLoop: EventLoop
-    private let makeLeg: MakeLeg
+    /// Dropped once connected (nothing is retried after that): it holds the
+    /// client's request head and the route, which an idle connection should
+    /// not keep for its whole life.
+    private var makeLeg: MakeLeg?
     private let hashKey: String?
     private let connectTimeout: TimeAmount
 
@@ -70,7 +73,7 @@ final class PooledUpstream: UpstreamLeg, @unchecked Sendable {
 
     private func next(after last: UpstreamFailure?) {
         guard !aborted else { return fail(last ?? UpstreamFailure(.internalError, error: "aborted")) }
-        guard attempts < pool.maxAttempts, let target = pool.choose(hashKey: hashKey, tried: tried) else {
+        guard attempts < pool.maxAttempts, let makeLeg, let target = pool.choose(hashKey: hashKey, tried: tried) else {
             return fail(last ?? UpstreamFailure(.upstreamUnreachable, error: "no upstream target"))
         }
         tried.insert(target.id)
@@ -86,6 +89,7 @@ final class PooledUpstream: UpstreamLeg, @unchecked Sendable {
                 self.pool.attemptFinished(target, failure: nil, on: self.eventLoop)
                 self.pool.connectionStarted(target.id)
                 self.connected = true
+                self.makeLeg = nil
                 self.promise?.succeed(chosen)
                 self.promise = nil
             case .failure(let error):

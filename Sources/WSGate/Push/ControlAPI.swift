@@ -246,7 +246,7 @@ final class ControlAPI: Sendable {
     static func describe(_ session: Session) -> String {
         var w = JSONObjectWriter()
         w.field("connection_id", session.id)
-        w.field("route", session.route.path)
+        w.field("route", session.routePath)
         w.field("client_addr", session.clientAddress)
         w.field("connected_at", Timestamp.iso8601(millisecondsSinceEpoch: session.connectedAt))
         w.field("last_active_at", Timestamp.iso8601(millisecondsSinceEpoch: session.lastActiveAt))

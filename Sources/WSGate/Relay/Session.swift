@@ -22,7 +22,12 @@ import NIOCore
 /// without locks: NIO closures that hop nowhere may capture it.
 final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Sendable {
     let id: String
-    let route: Route
+    /// The route's `path` as configured (metrics and log lines). Only this is
+    /// kept, not the `Route` (about 500 bytes inline) that every one of
+    /// thousands of idle sessions would carry.
+    let routePath: String
+    /// The built-in echo has nothing to connect to.
+    private let isBuiltinEcho: Bool
     let upstreamLabel: String
     let clientAddress: String
     let eventLoop: EventLoop
@@ -80,7 +85,8 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
 
     init(id: String, route: Route, upstreamURL: URLParts?, clientAddress: String, eventLoop: EventLoop, environment: SessionEnvironment) {
         self.id = id
-        self.route = route
+        self.routePath = route.path
+        self.isBuiltinEcho = route.upstream == .echo
         // Redacted once (log.redact_query): the close line and the
         // disconnect_url body both carry it.
         self.upstreamLabel = environment.eventLog.redaction.redact(upstreamURL?.description ?? route.upstream.description)
@@ -110,7 +116,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         environment.registry.add(self)
         if upstreamTarget != nil { connectAttempts += 1 }
         return upstream.connect(delegate: self).map { chosen in
-            if self.route.upstream != .echo {  // the built-in echo has nothing to connect to
+            if !self.isBuiltinEcho {
                 self.environment.metrics.upstreamConnect.recordNanoseconds((NIODeadline.now() - self.connectStarted).nanoseconds)
             }
             self.perform(self.machine.upstreamConnected())
@@ -223,7 +229,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         guard wasAwaiting else { return }
         client = handler
         lastActivity = .now()
-        environment.metrics.connectionOpened(route: route.path)
+        environment.metrics.connectionOpened(route: routePath)
         perform(actions)
     }
 
@@ -258,7 +264,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         let over = rateLimiter!.take(messages: batch.messages, bytes: batch.payloadBytes, now: NIODeadline.now().uptimeNanoseconds)
         guard over > 0 else { return true }
         let action = rateLimiter!.settings.action
-        environment.metrics.rateLimited(route: route.path, action: action.rawValue)
+        environment.metrics.rateLimited(route: routePath, action: action.rawValue)
         switch action {
         case .close:
             perform(machine.policyClose(.rateLimited, error: "client \(rateLimiter!.description)"))
@@ -458,11 +464,11 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         case .abandonedBeforeUpgrade(let error):
             environment.eventLog.rejected(.init(
                 status: 499, reason: "client closed the connection during the upstream handshake",
-                method: "GET", path: route.path, clientAddress: clientAddress, route: route.path, error: error))
+                method: "GET", path: routePath, clientAddress: clientAddress, route: routePath, error: error))
         case .closed(let outcome):
             let duration = (NIODeadline.now() - startedAt).nanoseconds / 1_000_000
             var event = CloseEvent(
-                timestamp: Timestamp.nowMilliseconds(), connectionID: id, route: route.path, upstream: upstreamLabel,
+                timestamp: Timestamp.nowMilliseconds(), connectionID: id, route: routePath, upstream: upstreamLabel,
                 clientAddress: clientAddress, code: outcome.code, reason: outcome.reason, wasClean: outcome.wasClean,
                 initiator: outcome.cause.initiator, cause: outcome.cause, upstreamCode: outcome.upstreamCode,
                 upstreamReason: outcome.upstreamReason, upstreamStatus: outcome.upstreamStatus,

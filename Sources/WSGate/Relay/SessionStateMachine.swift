@@ -146,9 +146,9 @@ struct SessionStateMachine {
 
     // MARK: State
 
-    private(set) var client = ClientLeg.awaitingUpgrade
-    private(set) var upstream = UpstreamLeg.connecting
-    private(set) var decision: Decision?
+    private(set) var client = ClientLeg.awaitingUpgrade { didSet { updatePhase() } }
+    private(set) var upstream = UpstreamLeg.connecting { didSet { updatePhase() } }
+    private(set) var decision: Decision? { didSet { updatePhase() } }
     /// The client got its 101 (so the end is a `websocket_close` line).
     private(set) var upgraded = false
     private(set) var wasClean = false
@@ -160,7 +160,14 @@ struct SessionStateMachine {
     /// The close the upstream sent or was sent, for the log.
     private(set) var upstreamCode: UInt16?
     private(set) var upstreamReason: String?
-    private(set) var ended = false
+    private(set) var ended = false { didSet { updatePhase() } }
+
+    /// Where the connection is, derived from `client`, `upstream`,
+    /// `decision` and `ended` and kept in step by their observers. The relay
+    /// asks for it several times per frame: a stored enum is read in place,
+    /// where computing it made the Session copy the whole machine (and
+    /// retain and release every string in it) on each call.
+    private(set) var phase = Phase.connecting
 
     let policy: ClosePolicy
     /// `idle_timeout_ms`; zero: none.
@@ -174,16 +181,23 @@ struct SessionStateMachine {
         self.closeHandshake = closeHandshake
     }
 
-    var phase: Phase {
-        if ended { return .closed }
-        if decision != nil { return .closing }
-        if client == .open && upstream == .open { return .relaying }
-        return .connecting
+    private mutating func updatePhase() {
+        if ended {
+            phase = .closed
+        } else if decision != nil {
+            phase = .closing
+        } else if case .open = client, case .open = upstream {
+            phase = .relaying
+        } else {
+            phase = .connecting
+        }
     }
 
     /// Client data is relayed only while relaying; after a decision it is dropped.
+    @inline(__always)
     var relaysClientData: Bool { phase == .relaying }
 
+    @inline(__always)
     var upstreamDataDisposition: DataDisposition {
         switch phase {
         case .relaying: return .forward
@@ -195,6 +209,7 @@ struct SessionStateMachine {
     /// Whether the client leg may read: while relaying, only when the
     /// upstream can take more; while closing always (the client's close reply
     /// must be read).
+    @inline(__always)
     func mayReadClient(upstreamWritable: Bool) -> Bool {
         switch phase {
         case .relaying: return upstreamWritable
@@ -205,6 +220,7 @@ struct SessionStateMachine {
 
     /// Whether the upstream leg may read: while relaying only when the client
     /// can take more; while connecting not yet (its frames would wait in memory).
+    @inline(__always)
     func mayReadUpstream(clientWritable: Bool) -> Bool {
         switch phase {
         case .relaying: return clientWritable
