@@ -12,7 +12,7 @@ instructions (Ir) per message, in total and for its top functions.
                                     [--scenario a|b] [--messages N] [--top 25]
 
 Scenarios: a = 1 connection × 64 B ping-pong; b = 50 connections × 1 KiB,
-1 in flight each (as in benchmarks/run.py). The gateway runs with `workers: 1`
+1 in flight each; c = the same with 64 KiB (as in benchmarks/run.py). The gateway runs with `workers: 1`
 so that one thread's work is the whole count (the other event loops would only
 add their idle wake-ups). Instructions are not time: a syscall counts as one,
 and cache misses are free; this is the user-space work per message, which is
@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SCENARIOS = {"a": {"connections": 1, "size": 64}, "b": {"connections": 50, "size": 1024}}
+SCENARIOS = {"a": {"connections": 1, "size": 64}, "b": {"connections": 50, "size": 1024},
+             "c": {"connections": 50, "size": 65536}}
 
 
 def wait_line(path: Path, pattern: str, timeout: float) -> str:

@@ -2,13 +2,28 @@ import NIOCore
 import NIOWebSocket
 
 /// The one masking primitive: `destination[i] = source[i] ^ key[i % 4]`,
-/// eight bytes at a time (NIO's `webSocketMask` goes byte by byte).
-/// `source` and `destination` may be the same memory (masking in place).
-/// `key` holds the four key bytes in wire order, byte 0 in the low bits.
+/// 64 bytes per step in 16-byte vectors, then eight, then one at a time
+/// (NIO's `webSocketMask` goes byte by byte). `source` and `destination` may
+/// be the same memory (masking in place). `key` holds the four key bytes in
+/// wire order, byte 0 in the low bits.
 @inlinable @inline(__always)
 package func xorWithMask(from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, count: Int, key: UInt32) {
     let key64 = UInt64(key) | UInt64(key) << 32
     var i = 0
+    // Raw words XORed with the key's bytes in memory order (`littleEndian`
+    // swaps them back on a big-endian machine).
+    let vectorKey = SIMD2<UInt64>(repeating: key64.littleEndian)
+    while i + 64 <= count {
+        let a = source.loadUnaligned(fromByteOffset: i, as: SIMD2<UInt64>.self) ^ vectorKey
+        let b = source.loadUnaligned(fromByteOffset: i + 16, as: SIMD2<UInt64>.self) ^ vectorKey
+        let c = source.loadUnaligned(fromByteOffset: i + 32, as: SIMD2<UInt64>.self) ^ vectorKey
+        let d = source.loadUnaligned(fromByteOffset: i + 48, as: SIMD2<UInt64>.self) ^ vectorKey
+        destination.storeBytes(of: a, toByteOffset: i, as: SIMD2<UInt64>.self)
+        destination.storeBytes(of: b, toByteOffset: i + 16, as: SIMD2<UInt64>.self)
+        destination.storeBytes(of: c, toByteOffset: i + 32, as: SIMD2<UInt64>.self)
+        destination.storeBytes(of: d, toByteOffset: i + 48, as: SIMD2<UInt64>.self)
+        i += 64
+    }
     while i + 8 <= count {
         let word = UInt64(littleEndian: source.loadUnaligned(fromByteOffset: i, as: UInt64.self)) ^ key64
         destination.storeBytes(of: word.littleEndian, toByteOffset: i, as: UInt64.self)

@@ -84,7 +84,7 @@ struct UTF8ValidatorTests {
 
     @Test func maskingRoundTrips() {
         let alloc = ByteBufferAllocator()
-        for length in [0, 1, 3, 7, 8, 9, 15, 16, 17, 100, 1027] {
+        for length in [0, 1, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 100, 127, 129, 1027, 4099] {
             let bytes = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
             var buffer = alloc.buffer(bytes: bytes)
             let key: WebSocketMaskingKey = [0xA1, 0x02, 0xF3, 0x44]
@@ -94,6 +94,12 @@ struct UTF8ValidatorTests {
             #expect(buffer == reference, "length \(length)")
             buffer.applyWebSocketMask(key)
             #expect(Array(buffer.readableBytesView) == bytes)
+            // Not in place, from an odd offset (unaligned loads), after an odd prefix (unaligned stores).
+            var source = alloc.buffer(bytes: [0x55] + bytes)
+            source.moveReaderIndex(forwardBy: 1)
+            var out = alloc.buffer(bytes: [0x01, 0x02, 0x03])
+            out.writeMasked(source, key: key.littleEndianWord)
+            #expect(Array(out.readableBytesView.dropFirst(3)) == Array(reference.readableBytesView), "writeMasked, length \(length)")
         }
     }
     /// Fail-fast inside a frame: `checkPartial` over arrived prefixes of a
