@@ -6,10 +6,12 @@ instruction count of the same binary on the same input does not. This runs
 `wsgate` (and, with --baseline, an older build) under callgrind in front of
 `wsgate-bench echo-server`, warms it up, zeroes the counters, relays a fixed
 number of messages with `wsgate-bench load`, dumps, and reports the gateway's
-instructions (Ir) per message, in total and for its top functions.
+instructions (Ir) per message, in total and for its top functions. With
+--nginx, nginx (one process, the benchmark's proxy config) is counted on the
+same load, for scale.
 
-    python3 benchmarks/callgrind.py [--bin .build/release] [--baseline DIR]
-                                    [--scenario a|b] [--messages N] [--top 25]
+    python3 benchmarks/callgrind.py [--bin .build/release] [--baseline DIR] [--nginx]
+                                    [--scenario a|b|c] [--messages N] [--top 25]
 
 Scenarios: a = 1 connection × 64 B ping-pong; b = 50 connections × 1 KiB,
 1 in flight each; c = the same with 64 KiB (as in benchmarks/run.py). The gateway runs with `workers: 1`
@@ -71,32 +73,77 @@ def load(bench: Path, url: str, scenario: dict, messages: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(binary: Path, bench: Path, scenario: dict, messages: int, tmp: Path, top: int) -> dict:
-    """One gateway binary under callgrind: Ir per message and the top functions."""
-    stripped = tmp / f"{binary.parent.name}-{binary.name}-nodebug"
-    subprocess.run(["objcopy", "--strip-debug", str(binary), str(stripped)], check=True)
+def nginx_command(tmp: Path, echo_port: int) -> tuple[list[str], int]:
+    """nginx as in benchmarks/run.py, but one process (`master_process off`)
+    so that callgrind counts the worker itself."""
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""worker_processes 1;
+master_process off;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/cb; proxy_temp_path {tmp}/px; fastcgi_temp_path {tmp}/fc;
+  uwsgi_temp_path {tmp}/uw; scgi_temp_path {tmp}/sc;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://127.0.0.1:{echo_port};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 1h;
+    }}
+  }}
+}}
+""")
+    return ["nginx", "-c", str(conf)], port
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float) -> None:
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"nothing listening on {port} after {timeout:.0f} s")
+
+
+def measure(binary: Path | None, bench: Path, scenario: dict, messages: int, tmp: Path, top: int) -> dict:
+    """One gateway binary (None: nginx) under callgrind: Ir per message and
+    the top functions."""
     echo_log = tmp / "echo.log"
     echo = subprocess.Popen([str(bench), "echo-server", "--host", "127.0.0.1", "--port", "0"],
                             stdout=open(echo_log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     gw = None
     try:
         echo_port = json.loads(wait_line(echo_log, r'"event":"listening"', 20))["port"]
-        cfg = tmp / "wsgate.yaml"
-        cfg.write_text(f"""listen: {{host: 127.0.0.1, port: 0}}
-admin: {{host: 127.0.0.1, port: 0}}
-workers: 1
-shutdown: {{drain_timeout_ms: 3000}}
-routes:
-  - {{path: /ws, upstream: "ws://127.0.0.1:{echo_port}/"}}
-""")
         out_file = tmp / "callgrind.out"
         gw_log = tmp / "gw.log"
         for old in tmp.glob("callgrind.out*"):
             old.unlink()
-        gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
-                               str(stripped), "--config", str(cfg)],
-                              stdout=open(gw_log, "w"), stderr=open(tmp / "valgrind.log", "w"), start_new_session=True)
-        port = json.loads(wait_line(gw_log, r'"event":"listening"', 180))["port"]
+        if binary is None:
+            command, port = nginx_command(tmp, echo_port)
+            gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", *command],
+                                  stdout=open(gw_log, "w"), stderr=open(tmp / "valgrind.log", "w"),
+                                  start_new_session=True)
+            wait_port(port, 60)
+        else:
+            port, gw = start_wsgate(binary, tmp, echo_port, out_file, gw_log)
         url = f"ws://127.0.0.1:{port}/ws"
         load(bench, url, scenario, max(200, messages // 10))  # warm-up: connections, caches, lazy metadata
         subprocess.run(["callgrind_control", "-z", str(gw.pid)], check=True, capture_output=True, timeout=120)
@@ -126,10 +173,28 @@ routes:
     if total is None:
         raise SystemExit("callgrind_annotate gave no PROGRAM TOTALS:\n" + annotate[:2000])
     sent = result.get("messages") or messages
-    if os.environ.get("WSGATE_CALLGRIND_KEEP"):
+    if os.environ.get("WSGATE_CALLGRIND_KEEP") and binary is not None:
         shutil.copy(measured, os.environ["WSGATE_CALLGRIND_KEEP"])
-    return {"binary": str(binary), "messages": sent, "ir_total": total, "ir_per_message": total / sent,
+    return {"binary": str(binary) if binary else "nginx", "messages": sent, "ir_total": total, "ir_per_message": total / sent,
             "top": [{"ir_per_message": n / sent, "function": f} for n, f in functions[:top]], "load": result}
+
+
+def start_wsgate(binary: Path, tmp: Path, echo_port: int, out_file: Path, gw_log: Path):
+    stripped = tmp / f"{binary.parent.name}-{binary.name}-nodebug"
+    subprocess.run(["objcopy", "--strip-debug", str(binary), str(stripped)], check=True)
+    cfg = tmp / "wsgate.yaml"
+    cfg.write_text(f"""listen: {{host: 127.0.0.1, port: 0}}
+admin: {{host: 127.0.0.1, port: 0}}
+workers: 1
+shutdown: {{drain_timeout_ms: 3000}}
+routes:
+  - {{path: /ws, upstream: "ws://127.0.0.1:{echo_port}/"}}
+""")
+    gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
+                           str(stripped), "--config", str(cfg)],
+                          stdout=open(gw_log, "w"), stderr=open(tmp / "valgrind.log", "w"), start_new_session=True)
+    port = json.loads(wait_line(gw_log, r'"event":"listening"', 180))["port"]
+    return port, gw
 
 
 def main() -> int:
@@ -139,6 +204,7 @@ def main() -> int:
     ap.add_argument("--scenario", choices=sorted(SCENARIOS), default="a")
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--nginx", action="store_true", help="also count nginx (worker_processes 1) on the same load")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "objcopy"):
@@ -148,20 +214,24 @@ def main() -> int:
     bench = args.bin / "wsgate-bench"
     results = {}
     with tempfile.TemporaryDirectory(prefix="wsgate-callgrind-") as d:
-        for name, b in (("wsgate", args.bin), ("baseline", args.baseline)):
-            if b is None:
-                continue
+        runs = [("wsgate", args.bin / "wsgate")]
+        if args.baseline:
+            runs.append(("baseline", args.baseline / "wsgate"))
+        if args.nginx:
+            runs.append(("nginx", None))
+        for name, binary in runs:
             tmp = Path(d) / name
             tmp.mkdir()
-            r = measure(b / "wsgate", bench, SCENARIOS[args.scenario], args.messages, tmp, args.top)
+            r = measure(binary, bench, SCENARIOS[args.scenario], args.messages, tmp, args.top)
             results[name] = r
             print(f"== {name} ({r['binary']}): scenario {args.scenario}, {r['messages']} messages: "
                   f"{r['ir_per_message']:,.0f} instructions per message (relayed both ways)")
             for t in r["top"]:
                 print(f"   {t['ir_per_message']:>10,.0f}  {t['function'][:150]}")
-    if "baseline" in results:
-        a, b = results["wsgate"]["ir_per_message"], results["baseline"]["ir_per_message"]
-        print(f"== wsgate / baseline: {a:,.0f} / {b:,.0f} = {a / b:.3f}")
+    for other in ("baseline", "nginx"):
+        if other in results:
+            a, b = results["wsgate"]["ir_per_message"], results[other]["ir_per_message"]
+            print(f"== wsgate / {other}: {a:,.0f} / {b:,.0f} = {a / b:.3f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -1199,14 +1199,17 @@ def markdown(r: dict) -> str:
               "A fresh proxy for every K and rep: one connection opened and closed (one-time set-up), RSS with 0 "
               "connections, then K idle upgraded WebSocket connections client → proxy → echo, RSS again. "
               "RSS = sum of `VmRSS` over the proxy's processes; per connection = difference / K.", "",
-              "| target | " + " | ".join(f"K = {k:,}" for k in d["ks"]) + " |",
-              "|---|" + "---|" * len(d["ks"])]
+              "| target | " + " | ".join(f"K = {k:,}" for k in d["ks"]) + " | RSS with 0 connections |",
+              "|---|" + "---|" * (len(d["ks"]) + 1)]
         for t, byk in d["targets"].items():
             cells = []
             for k in d["ks"]:
                 s = byk[str(k)]["summary"]["rss_per_conn_bytes"]
                 cells.append(med({**s, "median": s["median"] / 1024, "min": s["min"] / 1024, "max": s["max"] / 1024}, "{:.1f}") + " KB"
                              if s else "–")
+            # the proxy's RSS before its K connections, over every run of every K
+            idle = [r["rss0_kb"] / 1024 for k in d["ks"] for r in byk[str(k)].get("runs", []) if r.get("rss0_kb")]
+            cells.append(f"{statistics.median(idle):.1f} ({min(idle):.1f}–{max(idle):.1f}) MiB" if idle else "–")
             L.append(f"| {t} | " + " | ".join(cells) + " |")
         L.append("")
     if "e" in sc and sc["e"].get("summary"):
