@@ -90,6 +90,9 @@ final class PooledUpstream: UpstreamLeg, @unchecked Sendable {
                 self.pool.connectionStarted(target.id)
                 self.connected = true
                 self.makeLeg = nil
+                // Data now goes from the leg to the session directly; the
+                // attempt still hears how the connection ends.
+                if let delegate = self.delegate { leg.relayData(to: delegate) }
                 self.promise?.succeed(chosen)
                 self.promise = nil
             case .failure(let error):

@@ -54,6 +54,16 @@ protocol UpstreamLeg: AnyObject {
     /// Channels the upstream subscribed this connection to while connecting
     /// (`connect_url`'s `X-WSGate-Channels`).
     var subscribedChannels: [String] { get }
+
+    /// From now on, hand data (`upstreamSent`, `upstreamReadComplete`,
+    /// `mayReadUpstream`, `upstreamBecameWritable`) straight to `relay`
+    /// (held weakly); events still go to the connect delegate. A pool calls
+    /// it once its leg is connected, so that frames skip the pool's layers.
+    func relayData(to relay: UpstreamLegDelegate)
+}
+
+extension UpstreamLeg {
+    func relayData(to relay: UpstreamLegDelegate) {}
 }
 
 /// What a leg reports of its connect attempts for the log line.

@@ -20,7 +20,11 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
         case ended
     }
 
+    /// Hears how the connection ends (a pool's attempt, or the session).
     private weak var delegate: UpstreamLegDelegate?
+    /// Hears the data: the connect delegate, or the session once a pool
+    /// hands it over (`relayData(to:)`).
+    private weak var relay: UpstreamLegDelegate?
     private let eventLoop: EventLoop
     private let url: URLParts
     /// Needed for the handshake only; released once it is sent.
@@ -68,8 +72,11 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
 
     // MARK: Connecting
 
+    func relayData(to relay: UpstreamLegDelegate) { self.relay = relay }
+
     func connect(delegate: UpstreamLegDelegate) -> EventLoopFuture<String?> {
         self.delegate = delegate
+        self.relay = delegate
         let promise = eventLoop.makePromise(of: String?.self)
         handshakePromise = promise
         state = .connecting
@@ -271,20 +278,20 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
 
     // MARK: Events from the frame handler (WebSocketLegDelegate)
 
-    var legMayRead: Bool { delegate?.mayReadUpstream ?? true }
+    var legMayRead: Bool { relay?.mayReadUpstream ?? true }
 
     /// Validated data frames from the server, as they go to the client.
     func legFrames(_ batch: FrameBatch) {
         guard case .open = state else { return }
-        delegate?.upstreamSent(batch)
+        relay?.upstreamSent(batch)
     }
 
     func legReadComplete() {
-        delegate?.upstreamReadComplete()
+        relay?.upstreamReadComplete()
     }
 
     func legWritabilityChanged(_ writable: Bool) {
-        if writable { delegate?.upstreamBecameWritable() }
+        if writable { relay?.upstreamBecameWritable() }
     }
 
     /// The upstream sent a close frame.
