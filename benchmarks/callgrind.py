@@ -14,7 +14,9 @@ same load, for scale.
                                     [--scenario a|b|c] [--messages N] [--top 25]
 
 Scenarios: a = 1 connection × 64 B ping-pong; b = 50 connections × 1 KiB,
-1 in flight each; c = the same with 64 KiB (as in benchmarks/run.py). The gateway runs with `workers: 1`
+1 in flight each; c = the same with 64 KiB; e = 64 connections × 1 KiB through
+an `http://` route (one POST per message, libcurl) to the echo's HTTP side
+(as in benchmarks/run.py). The gateway runs with `workers: 1`
 so that one thread's work is the whole count (the other event loops would only
 add their idle wake-ups). Instructions are not time: a syscall counts as one,
 and cache misses are free; this is the user-space work per message, which is
@@ -42,7 +44,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = {"a": {"connections": 1, "size": 64}, "b": {"connections": 50, "size": 1024},
-             "c": {"connections": 50, "size": 65536}}
+             "c": {"connections": 50, "size": 65536},
+             "e": {"connections": 64, "size": 1024, "path": "/api"}}
 
 
 def wait_line(path: Path, pattern: str, timeout: float) -> str:
@@ -144,7 +147,7 @@ def measure(binary: Path | None, bench: Path, scenario: dict, messages: int, tmp
             wait_port(port, 60)
         else:
             port, gw = start_wsgate(binary, tmp, echo_port, out_file, gw_log)
-        url = f"ws://127.0.0.1:{port}/ws"
+        url = f"ws://127.0.0.1:{port}{scenario.get('path', '/ws')}"
         load(bench, url, scenario, max(200, messages // 10))  # warm-up: connections, caches, lazy metadata
         subprocess.run(["callgrind_control", "-z", str(gw.pid)], check=True, capture_output=True, timeout=120)
         result = load(bench, url, scenario, messages)
@@ -189,6 +192,7 @@ workers: 1
 shutdown: {{drain_timeout_ms: 3000}}
 routes:
   - {{path: /ws, upstream: "ws://127.0.0.1:{echo_port}/"}}
+  - {{path: /api, upstream: "http://127.0.0.1:{echo_port}/"}}
 """)
     gw = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
                            str(stripped), "--config", str(cfg)],
