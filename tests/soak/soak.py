@@ -509,11 +509,21 @@ async def sc_noread(ctx: Ctx, c: Conn, rng: random.Random, hold: float, flood: b
     ws.abort()
 
 
-async def sc_ping_flood(ctx: Ctx, c: Conn, rng: random.Random, hold: float) -> None:
+async def raw_scenario(ctx: Ctx, c: Conn, body) -> None:
+    """Runs `body(ws)` on a raw connection of its own; whatever it raises is
+    the connection's problem, and the connection is dropped (RST)."""
     ws = await raw_open(ctx, c)
     if ws is None:
         return
     try:
+        await body(ws)
+    except Exception as e:  # noqa: BLE001
+        c.problem = f"{type(e).__name__}: {e}"
+        ws.abort()
+
+
+async def sc_ping_flood(ctx: Ctx, c: Conn, rng: random.Random, hold: float) -> None:
+    async def body(ws) -> None:
         ws.send(ctx.pings)
         ws.send(rawws.frame(rawws.OP_TEXT, b"end"))
         pongs = 0
@@ -531,32 +541,24 @@ async def sc_ping_flood(ctx: Ctx, c: Conn, rng: random.Random, hold: float) -> N
             c.problem = "no pong for 2000 pings"
         c.counts = (1, 3, 1, 3)  # pings and pongs are not messages
         await raw_close(ws, c)
-    except Exception as e:  # noqa: BLE001
-        c.problem = f"{type(e).__name__}: {e}"
-        ws.abort()
+
+    await raw_scenario(ctx, c, body)
 
 
 async def sc_tiny_frames(ctx: Ctx, c: Conn, rng: random.Random, hold: float) -> None:
-    ws = await raw_open(ctx, c)
-    if ws is None:
-        return
-    try:
+    async def body(ws) -> None:
         ws.send(ctx.tiny)
         got = await asyncio.wait_for(ws.reader.readexactly(len(ctx.tiny_echo)), IO_TIMEOUT)
         if got != ctx.tiny_echo:
             c.problem = "echo of the tiny frames differs"
         c.counts = (ctx.tiny_n, ctx.tiny_n, ctx.tiny_n, ctx.tiny_n)
         await raw_close(ws, c)
-    except Exception as e:  # noqa: BLE001
-        c.problem = f"{type(e).__name__}: {e}"
-        ws.abort()
+
+    await raw_scenario(ctx, c, body)
 
 
 async def sc_oversized(ctx: Ctx, c: Conn, rng: random.Random, hold: float, frag: bool) -> None:
-    ws = await raw_open(ctx, c)
-    if ws is None:
-        return
-    try:
+    async def body(ws) -> None:
         ws.send(ctx.oversize_frag if frag else ctx.oversize_single)
         while True:  # the echo may relay fragments before the limit is crossed
             try:
@@ -576,9 +578,8 @@ async def sc_oversized(ctx: Ctx, c: Conn, rng: random.Random, hold: float, frag:
         except (ConnectionError, OSError):
             pass
         ws.close_tcp()
-    except Exception as e:  # noqa: BLE001
-        c.problem = f"{type(e).__name__}: {e}"
-        ws.abort()
+
+    await raw_scenario(ctx, c, body)
 
 
 # Each scenario: (weight, planner). A planner takes (rng, mean_hold) and

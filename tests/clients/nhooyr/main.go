@@ -16,76 +16,24 @@
 //     send close 1008 "timed out" then, but closes the TCP connection first (a race
 //     in its timeoutLoop), so in practice the connection is aborted.
 //   - there is no "clean close" flag: "clean" is always null.
+//
+// What does not depend on the library is in tests/clients/go/src/wsgatematrix: the
+// protocol's types, the message record, a case's deadline and errors, recording the
+// handshake, the receive loop around this library's read, the step loop with
+// "expect" and "sleep_ms", and the main loop. This file keeps the library's calls.
 package main
 
 import (
-	"context"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"runtime"
-	"strings"
-	"sync"
-	"time"
 
 	"nhooyr.io/websocket"
+	"wsgatematrix"
 )
 
 // libVersion is set at build time (-ldflags -X) from the Debian package version.
 var libVersion = "unknown"
-
-type Case struct {
-	ID        string                   `json:"id"`
-	URL       string                   `json:"url"`
-	Protocols []string                 `json:"protocols"`
-	Steps     []map[string]interface{} `json:"steps"`
-	TimeoutMS int                      `json:"timeout_ms"`
-}
-
-type Message struct {
-	Type string  `json:"type"`
-	Len  int     `json:"len"`
-	FNV  string  `json:"fnv"`
-	Data *string `json:"data"`
-}
-
-type Result struct {
-	ID          string    `json:"id"`
-	Opened      bool      `json:"opened"`
-	Status      *int      `json:"status"`
-	Protocol    *string   `json:"protocol"`
-	Messages    []Message `json:"messages"`
-	Pongs       int       `json:"pongs"`
-	Code        *int      `json:"code"`
-	Reason      *string   `json:"reason"`
-	Clean       *bool     `json:"clean"`
-	Error       *string   `json:"error"`
-	Unsupported []string  `json:"unsupported"`
-	Timeout     bool      `json:"timeout"`
-	ElapsedMS   int64     `json:"elapsed_ms"`
-}
-
-func record(binary bool, b []byte) Message {
-	h := uint32(0x811c9dc5)
-	for _, c := range b {
-		h = (h ^ uint32(c)) * 0x01000193
-	}
-	m := Message{Type: "text", Len: len(b), FNV: fmt.Sprintf("%08x", h)}
-	if binary {
-		m.Type = "binary"
-	}
-	if len(b) <= 64 {
-		s := string(b)
-		if binary {
-			s = hex.EncodeToString(b)
-		}
-		m.Data = &s
-	}
-	return m
-}
 
 // isCloseErr: errors that only say "the connection is closing/closed"; the reader
 // reports the close itself, so these are not recorded (like ConnectionClosed in
@@ -94,188 +42,62 @@ func isCloseErr(err error) bool {
 	return websocket.CloseStatus(err) != -1
 }
 
-func runCase(c Case) (r Result) {
-	r = Result{ID: c.ID, Messages: []Message{}, Unsupported: []string{}}
-	start := time.Now()
-	if c.TimeoutMS <= 0 {
-		c.TimeoutMS = 15000
-	}
-	deadline := start.Add(time.Duration(c.TimeoutMS) * time.Millisecond)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	expired := func() bool { return !time.Now().Before(deadline) }
-
-	var mu sync.Mutex // guards r.Messages and errs (the reader goroutine writes them)
-	var errs []string
-	addErr := func(err error) {
-		if err != nil && !expired() { // errors caused by our own timeout abort are not the library's
-			mu.Lock()
-			errs = append(errs, err.Error())
-			mu.Unlock()
-		}
-	}
-	defer func() {
-		if len(errs) > 0 {
-			s := strings.Join(errs, " | ")
-			r.Error = &s
-		}
-		r.ElapsedMS = time.Since(start).Milliseconds()
-	}()
-
+func runCase(s *wsgatematrix.Session) {
+	c, ctx := s.Case, s.Ctx
 	opts := &websocket.DialOptions{Subprotocols: c.Protocols, CompressionMode: websocket.CompressionDisabled}
 	conn, resp, err := websocket.Dial(ctx, c.URL, opts)
-	if resp != nil {
-		r.Status = &resp.StatusCode
+	if !s.Dialed(resp, err) {
+		return
 	}
-	if err != nil {
-		r.Timeout = expired()
-		addErr(err)
-		return r
-	}
-	r.Opened = true
-	proto := conn.Subprotocol()
-	r.Protocol = &proto
+	s.Opened(conn.Subprotocol())
 	conn.SetReadLimit(64 << 20)
 
-	events := make(chan struct{}, 1) // a message arrived
-	notify := func() {
-		select {
-		case events <- struct{}{}:
-		default:
+	s.Receive(func() (bool, []byte, error) {
+		typ, data, err := conn.Read(ctx)
+		return typ == websocket.MessageBinary, data, err
+	}, func(err error) (int, string, bool) {
+		var ce websocket.CloseError
+		if errors.As(err, &ce) {
+			return int(ce.Code), ce.Reason, true
 		}
-	}
-	readerDone := make(chan struct{})
-	go func() {
-		defer close(readerDone)
-		for {
-			typ, data, err := conn.Read(ctx)
-			if err != nil {
-				var ce websocket.CloseError
-				if errors.As(err, &ce) {
-					code := int(ce.Code)
-					r.Code, r.Reason = &code, &ce.Reason
-				} else {
-					addErr(err)
-				}
-				return
-			}
-			mu.Lock()
-			r.Messages = append(r.Messages, record(typ == websocket.MessageBinary, data))
-			mu.Unlock()
-			notify()
-		}
-	}()
-	// waitFor waits until cond holds, the connection ends or the case times out.
-	waitFor := func(cond func() bool) {
-		for {
-			mu.Lock()
-			ok := cond()
-			mu.Unlock()
-			if ok {
-				return
-			}
-			select {
-			case <-events:
-			case <-readerDone:
-				return
-			case <-ctx.Done():
-				return
-			}
-		}
-	}
+		return 0, "", false
+	})
 
-steps:
-	for _, s := range c.Steps {
-		select {
-		case <-readerDone:
-			break steps
-		case <-ctx.Done():
-			break steps
-		default:
-		}
-		var err error
+	s.Steps(func(st wsgatematrix.Step) error {
 		switch {
-		case s["send"] == "binary":
-			b, _ := hex.DecodeString(s["hex"].(string))
-			err = conn.Write(ctx, websocket.MessageBinary, b)
-		case s["send"] == "fragments":
-			var w io.WriteCloser
-			if w, err = conn.Writer(ctx, websocket.MessageText); err == nil {
-				for _, p := range s["parts"].([]interface{}) {
-					if _, err = w.Write([]byte(p.(string))); err != nil {
-						break
-					}
+		case st["send"] == "text":
+			return conn.Write(ctx, websocket.MessageText, []byte(st.Text()))
+		case st["send"] == "binary":
+			return conn.Write(ctx, websocket.MessageBinary, st.Binary())
+		case st["send"] == "fragments":
+			w, err := conn.Writer(ctx, websocket.MessageText)
+			if err != nil {
+				return err
+			}
+			for _, p := range st.Parts() {
+				if _, err := w.Write([]byte(p)); err != nil {
+					return err
 				}
-				if err == nil {
-					err = w.Close()
-				}
 			}
-		case s["send"] == "text" && s["repeat"] != nil:
-			text := strings.Repeat(s["repeat"].(string), int(s["times"].(float64)))
-			err = conn.Write(ctx, websocket.MessageText, []byte(text))
-		case s["send"] == "text":
-			err = conn.Write(ctx, websocket.MessageText, []byte(s["data"].(string)))
-		case s["expect"] != nil:
-			n := int(s["expect"].(float64))
-			waitFor(func() bool { return len(r.Messages) >= n })
-		case s["ping"] != nil:
-			if err = conn.Ping(ctx); err == nil {
-				r.Pongs++
+			return w.Close()
+		case st["ping"] != nil:
+			err := conn.Ping(ctx)
+			if err == nil {
+				s.AddPong()
 			}
-		case s["sleep_ms"] != nil:
-			select {
-			case <-time.After(time.Duration(s["sleep_ms"].(float64)) * time.Millisecond):
-			case <-ctx.Done():
-			}
-		case s["close"] != nil:
-			reason, _ := s["reason"].(string)
-			err = conn.Close(websocket.StatusCode(s["close"].(float64)), reason) // waits for the peer's close
+			return err
+		case st["close"] != nil:
+			reason, _ := st["reason"].(string)
+			return conn.Close(websocket.StatusCode(st["close"].(float64)), reason) // waits for the peer's close
 		}
-		if err != nil {
-			if !isCloseErr(err) {
-				addErr(err)
-			}
-			break
-		}
-	}
+		return nil
+	}, isCloseErr)
 
 	// Wait until the connection has ended; on timeout, abort it (cancel the case context,
 	// which the reader's Read is using).
-	select {
-	case <-readerDone:
-	case <-ctx.Done():
-		r.Timeout = true
-		cancel()
-		<-readerDone
-	}
-	return r
+	s.AwaitEnd(s.Cancel)
 }
 
 func main() {
-	if len(os.Args) == 2 && os.Args[1] == "--version" {
-		fmt.Printf("nhooyr.io/websocket %s, %s\n", libVersion, runtime.Version())
-		return
-	}
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: nhooyr CASES.json | --version")
-		os.Exit(2)
-	}
-	raw, err := os.ReadFile(os.Args[1])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	var cases []Case
-	if err := json.Unmarshal(raw, &cases); err != nil {
-		fmt.Fprintln(os.Stderr, "bad CASES.json:", err)
-		os.Exit(2)
-	}
-	out := json.NewEncoder(os.Stdout) // os.Stdout is unbuffered: each line is flushed
-	out.SetEscapeHTML(false)
-	for _, c := range cases {
-		if err := out.Encode(runCase(c)); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-	}
+	wsgatematrix.Run(fmt.Sprintf("nhooyr.io/websocket %s, %s", libVersion, runtime.Version()), runCase)
 }

@@ -5,34 +5,26 @@ aiohttp cannot send a message in fragments (listed as unsupported). It hides
 pongs while it answers pings itself (`autoping=True`), so this client turns
 autoping off and answers pings itself, as an application that wants to see
 pongs has to.
+
+What does not depend on the library (the message record, the result line, the
+step loop with `expect` and `sleep_ms`, the timeout, the main loop) is in
+tests/clients/python-common/matrixclient.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import sys
-import time
 
 import aiohttp
 
-
-def fnv(data: bytes) -> str:
-    h = 0x811C9DC5
-    for b in data:
-        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
-    return f"{h:08x}"
-
-
-def record(kind: str, raw: bytes, text: str | None) -> dict:
-    small = len(raw) <= 64
-    return {"type": kind, "len": len(raw), "fnv": fnv(raw),
-            "data": (text if kind == "text" else raw.hex()) if small else None}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python-common"))
+from matrixclient import main, new_result, record, steps, text, timed  # noqa: E402
 
 
 async def run_case(session: aiohttp.ClientSession, case: dict) -> dict:
-    r = {"id": case["id"], "opened": False, "status": None, "protocol": None, "messages": [], "pongs": 0,
-         "code": None, "reason": None, "clean": None, "error": None, "unsupported": [], "timeout": False}
+    r = new_result(case)
     errors: list[str] = []
     changed = asyncio.Event()
     holder: dict = {}
@@ -56,9 +48,9 @@ async def run_case(session: aiohttp.ClientSession, case: dict) -> dict:
                 while True:
                     msg = await ws.receive()
                     if msg.type == aiohttp.WSMsgType.TEXT:
-                        r["messages"].append(record("text", msg.data.encode(), msg.data))
+                        r["messages"].append(record(msg.data))
                     elif msg.type == aiohttp.WSMsgType.BINARY:
-                        r["messages"].append(record("binary", bytes(msg.data), None))
+                        r["messages"].append(record(bytes(msg.data)))
                     elif msg.type == aiohttp.WSMsgType.PING:
                         await ws.pong(msg.data)
                     elif msg.type == aiohttp.WSMsgType.PONG:
@@ -74,39 +66,31 @@ async def run_case(session: aiohttp.ClientSession, case: dict) -> dict:
                 changed.set()
 
         rd = asyncio.create_task(reader())
+
+        async def do(step: dict) -> None:
+            if step.get("send") == "text":
+                await ws.send_str(text(step))
+            elif step.get("send") == "binary":
+                await ws.send_bytes(bytes.fromhex(step["hex"]))
+            elif step.get("send") == "fragments":
+                if "fragments" not in r["unsupported"]:
+                    r["unsupported"].append("fragments")
+                await ws.send_str("".join(step["parts"]))
+            elif "ping" in step:
+                before = r["pongs"]
+                await ws.ping(step["ping"].encode())
+                while r["pongs"] == before and not rd.done():
+                    changed.clear()
+                    await changed.wait()
+            elif "close" in step:
+                # close() sends the close frame and reads until the peer's close (the reader is
+                # running, so it waits for the reader to see it)
+                await ws.close(code=step["close"], message=step.get("reason", "").encode())
+                if r["code"] is None:
+                    r["code"] = ws.close_code
+
         try:
-            for step in case.get("steps", []):
-                if rd.done():
-                    break
-                if "send" in step:
-                    if step["send"] == "binary":
-                        await ws.send_bytes(bytes.fromhex(step["hex"]))
-                    elif step["send"] == "fragments":
-                        if "fragments" not in r["unsupported"]:
-                            r["unsupported"].append("fragments")
-                        await ws.send_str("".join(step["parts"]))
-                    elif "repeat" in step:
-                        await ws.send_str(step["repeat"] * step["times"])
-                    else:
-                        await ws.send_str(step["data"])
-                elif "expect" in step:
-                    while len(r["messages"]) < step["expect"] and not rd.done():
-                        changed.clear()
-                        await changed.wait()
-                elif "ping" in step:
-                    before = r["pongs"]
-                    await ws.ping(step["ping"].encode())
-                    while r["pongs"] == before and not rd.done():
-                        changed.clear()
-                        await changed.wait()
-                elif "sleep_ms" in step:
-                    await asyncio.sleep(step["sleep_ms"] / 1000)
-                elif "close" in step:
-                    # close() sends the close frame and reads until the peer's close (the reader is
-                    # running, so it waits for the reader to see it)
-                    await ws.close(code=step["close"], message=step.get("reason", "").encode())
-                    if r["code"] is None:
-                        r["code"] = ws.close_code
+            await steps(case, r, rd, changed, do)
         except Exception as e:
             errors.append(f"{type(e).__name__}: {e}")
         await rd
@@ -116,26 +100,13 @@ async def run_case(session: aiohttp.ClientSession, case: dict) -> dict:
         if exc is not None and f"{type(exc).__name__}: {exc}" not in errors:
             errors.append(f"{type(exc).__name__}: {exc}")
 
-    start = time.monotonic()
-    try:
-        await asyncio.wait_for(body(), case.get("timeout_ms", 15000) / 1000)
-    except asyncio.TimeoutError:
-        r["timeout"] = True
+    def abort() -> None:
         if "ws" in holder:
             holder["ws"]._response.close()  # abort the TCP connection
-    r["error"] = " | ".join(errors) or None
-    r["elapsed_ms"] = int((time.monotonic() - start) * 1000)
-    return r
 
-
-async def main() -> None:
-    async with aiohttp.ClientSession() as session:
-        for case in json.load(open(sys.argv[1])):
-            print(json.dumps(await run_case(session, case), ensure_ascii=False), flush=True)
+    return await timed(case, r, errors, body, on_timeout=abort)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--version"]:
-        print(f"aiohttp {aiohttp.__version__}, Python {sys.version.split()[0]}")
-    else:
-        asyncio.run(main())
+    # one ClientSession for all the cases
+    main(f"aiohttp {aiohttp.__version__}", run_case, session=aiohttp.ClientSession)

@@ -1,36 +1,27 @@
 #!/usr/bin/env python3
-"""Matrix client for Python `websockets` (the asyncio API). PROTOCOL.md is the contract."""
+"""Matrix client for Python `websockets` (the asyncio API). PROTOCOL.md is the contract.
+
+What does not depend on the library (the message record, the result line, the
+step loop with `expect` and `sleep_ms`, the timeout, the main loop) is in
+tests/clients/python-common/matrixclient.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import sys
-import time
 
 import websockets
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.frames import Frame, Opcode
 
-
-def fnv(data: bytes) -> str:
-    h = 0x811C9DC5
-    for b in data:
-        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
-    return f"{h:08x}"
-
-
-def record(msg) -> dict:
-    raw = msg.encode() if isinstance(msg, str) else bytes(msg)
-    small = len(raw) <= 64
-    return {"type": "text" if isinstance(msg, str) else "binary", "len": len(raw), "fnv": fnv(raw),
-            "data": (msg if isinstance(msg, str) else raw.hex()) if small else None}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python-common"))
+from matrixclient import main, new_result, record, steps, text, timed  # noqa: E402
 
 
 async def run_case(case: dict) -> dict:
-    r = {"id": case["id"], "opened": False, "status": None, "protocol": None, "messages": [], "pongs": 0,
-         "code": None, "reason": None, "clean": None, "error": None, "unsupported": [], "timeout": False}
+    r = new_result(case)
     errors: list[str] = []
     got = asyncio.Event()
 
@@ -60,32 +51,24 @@ async def run_case(case: dict) -> dict:
                 got.set()
 
         rd = asyncio.create_task(reader())
+
+        async def do(step: dict) -> None:
+            if step.get("send") == "text":
+                await ws.send(text(step))
+            elif step.get("send") == "binary":
+                await ws.send(bytes.fromhex(step["hex"]))
+            elif step.get("send") == "fragments":
+                await ws.send(iter(step["parts"]))  # an iterable: one frame per part
+            elif "ping" in step:
+                waiter = await ws.ping(step["ping"].encode())
+                await asyncio.wait([asyncio.ensure_future(waiter), rd], return_when=asyncio.FIRST_COMPLETED)
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    r["pongs"] += 1
+            elif "close" in step:
+                await ws.close(step["close"], step.get("reason", ""))
+
         try:
-            for step in case.get("steps", []):
-                if rd.done():
-                    break
-                if "send" in step:
-                    if step["send"] == "binary":
-                        await ws.send(bytes.fromhex(step["hex"]))
-                    elif step["send"] == "fragments":
-                        await ws.send(iter(step["parts"]))  # an iterable: one frame per part
-                    elif "repeat" in step:
-                        await ws.send(step["repeat"] * step["times"])
-                    else:
-                        await ws.send(step["data"])
-                elif "expect" in step:
-                    while len(r["messages"]) < step["expect"] and not rd.done():
-                        got.clear()
-                        await got.wait()
-                elif "ping" in step:
-                    waiter = await ws.ping(step["ping"].encode())
-                    await asyncio.wait([asyncio.ensure_future(waiter), rd], return_when=asyncio.FIRST_COMPLETED)
-                    if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                        r["pongs"] += 1
-                elif "sleep_ms" in step:
-                    await asyncio.sleep(step["sleep_ms"] / 1000)
-                elif "close" in step:
-                    await ws.close(step["close"], step.get("reason", ""))
+            await steps(case, r, rd, got, do)
         except ConnectionClosed:
             pass
         except Exception as e:
@@ -97,23 +80,8 @@ async def run_case(case: dict) -> dict:
         # websockets' own notion: the closing handshake completed when a close frame went each way
         r["clean"] = ws.protocol.close_rcvd is not None and ws.protocol.close_sent is not None
 
-    start = time.monotonic()
-    try:
-        await asyncio.wait_for(body(), case.get("timeout_ms", 15000) / 1000)
-    except asyncio.TimeoutError:
-        r["timeout"] = True
-    r["error"] = " | ".join(errors) or None
-    r["elapsed_ms"] = int((time.monotonic() - start) * 1000)
-    return r
-
-
-async def main() -> None:
-    for case in json.load(open(sys.argv[1])):
-        print(json.dumps(await run_case(case), ensure_ascii=False), flush=True)
+    return await timed(case, r, errors, body)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--version"]:
-        print(f"websockets {websockets.__version__}, Python {sys.version.split()[0]}")
-    else:
-        asyncio.run(main())
+    main(f"websockets {websockets.__version__}", run_case)
