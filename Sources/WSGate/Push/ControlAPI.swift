@@ -132,12 +132,14 @@ final class ControlAPI: Sendable {
         case .GET:
             return session.eventLoop.submit { Self.describe(session) }.map { Response(status: .ok, body: $0) }.hop(to: eventLoop)
         case .DELETE:
-            var code: UInt16 = CloseCode.normal
+            let code: UInt16
             if let text = query["code"] {
                 guard let c = UInt16(text), c == CloseCode.normal || (3000...4999).contains(c) else {
                     return eventLoop.makeSucceededFuture(Self.error(.badRequest, "code must be 1000 or 3000-4999"))
                 }
                 code = c
+            } else {
+                code = CloseCode.normal
             }
             let reason = CloseReason.truncate(query["reason"] ?? "")
             return session.eventLoop.submit { session.kick(code: code, reason: reason) }.map { kicked in

@@ -59,6 +59,8 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
 
     /// When a frame last passed either way; read per read batch, not per frame.
     private var lastActivity = NIODeadline.now()
+    /// When the message and byte counters are next brought up to date.
+    private var nextTrafficReport = NIODeadline.uptimeNanoseconds(0)
 
     /// The upstream's `host:port` (nil for the built-in echo), and how many
     /// times it was dialled: the log line's `target` and `attempts`.
@@ -287,8 +289,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     func legReadComplete() {
         if machine.phase == .relaying {
             upstream?.flush()
-            lastActivity = .now()
-            reportTraffic()
+            trafficRelayed()
         }
     }
 
@@ -338,8 +339,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     func upstreamReadComplete() {
         if machine.phase == .relaying {
             client?.flush()
-            lastActivity = .now()
-            reportTraffic()
+            trafficRelayed()
         }
     }
 
@@ -494,6 +494,19 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
     }
 
     /// Adds this connection's new traffic to the gateway-wide counters.
+    /// After a read batch was relayed: the idle timer's activity, and the
+    /// traffic counters at most once a second (they are atomics shared by
+    /// every event loop: updating them per batch cost a contended cache
+    /// line per message).
+    private func trafficRelayed() {
+        let now = NIODeadline.now()
+        lastActivity = now
+        if now >= nextTrafficReport {
+            nextTrafficReport = now + .seconds(1)
+            reportTraffic()
+        }
+    }
+
     private func reportTraffic() {
         let metrics = environment.metrics
         if messagesIn != reported.messagesIn {
