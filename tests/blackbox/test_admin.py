@@ -169,3 +169,51 @@ def test_file_limit_logged(gateway):
     line = gateway.wait_for(lambda l: l.get("event") == "file_limit")
     assert line["soft"] == line["hard"] or line["soft"] >= 1024
     assert line["soft"] >= line["soft_before"]
+
+
+def event_loop_threads(pid: int) -> int:
+    """SwiftNIO names its event-loop threads `NIO-ELT-<group>-#<n>`."""
+    import os
+    names = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            names.append(f.read().strip())
+    return sum(1 for n in names if n.startswith("NIO-ELT-"))
+
+
+def test_workers_sets_the_number_of_event_loops(make_gateway):
+    """`workers: N` (or WSGATE_WORKERS) runs N event loops, and the
+    `listening` line says how many; `auto` is the cores available."""
+    import os
+    for gw, want in ((make_gateway(workers=3), 3), (make_gateway(env={"WSGATE_WORKERS": "1"}), 1),
+                     (make_gateway(), len(os.sched_getaffinity(0)))):
+        line = gw.wait_for(lambda l: l.get("event") == "listening")
+        assert line["workers"] == want
+        assert event_loop_threads(gw.pid) == want
+        async def echo():
+            async with client(gw, "/echo") as ws:
+                await ws.send("x")
+                assert await asyncio.wait_for(ws.recv(), 10) == "x"
+        run(echo())
+
+
+def test_traffic_counters_move_while_a_connection_is_open(make_gateway):
+    """The message counters are brought up to date at most once a second per
+    open connection, not only at its close: a long-lived connection's
+    traffic shows while it lasts."""
+    gw = make_gateway()
+    port = admin_port(gw)
+
+    async def go():
+        async with client(gw, "/echo") as ws:
+            for round_ in range(3):
+                await ws.send("tick")
+                await ws.recv()
+                await asyncio.sleep(0.6)
+            await ws.send("last")
+            await ws.recv()
+            # Still open: at least the traffic of more than a second ago shows.
+            text = wait_metrics(port, lambda t: (metric(t, "wsgate_messages_total", direction="in") or 0) >= 2,
+                                "the open connection's messages")
+            assert metric(text, "wsgate_connections_active") == 1
+    run(go())

@@ -532,3 +532,59 @@ def test_a_full_request_queue_closes_with_1013_instead_of_waiting(make_gateway, 
         echo_works(gw)
     finally:
         backend.stop()
+
+
+def test_oversized_frames_are_skipped_without_being_held(make_gateway, upstreams):
+    """A frame over `max_message_bytes` but within what is skipped (4 × the
+    limit, at least 16 MiB) is dropped as it arrives, so that the client's
+    close reply after it is read. 20 clients each send a 12 MiB frame at
+    once: if the gateway held them it would grow by 240 MB. Each gets 1009
+    and a clean close after its reply. One more declares 16 MiB, sends a
+    little and then nothing: `close_handshake_ms` ends it, and the others
+    are served throughout."""
+    timeouts = dict(base_config(upstreams)["timeouts"], close_handshake_ms=1500)
+    gw = make_gateway(timeouts=timeouts)
+    size = 12 << 20
+    # Masking key 0: the payload goes out as it is (no 12 MiB of Python XOR).
+    frame = bytes([0x82, 0xFF]) + struct.pack("!Q", size) + b"\0\0\0\0" + b"x" * size
+    base = rss_kib(gw.pid)
+    peak = [base]
+    results: dict[int, tuple] = {}
+
+    def one(i: int) -> None:
+        s = raw_upgrade(gw.port, "/echo")
+        s.settimeout(20)
+        s.sendall(frame)
+        peak[0] = max(peak[0], rss_kib(gw.pid))
+        head = s.recv(2)
+        body = b""
+        while len(body) < head[1]:
+            body += s.recv(head[1] - len(body))
+        s.sendall(masked(0x8, body[:2]))  # the close reply, after the whole frame
+        rest = s.recv(1)  # the gateway's FIN, after our reply
+        results[i] = (head[0], struct.unpack("!H", body[:2])[0], rest, "%s:%d" % s.getsockname()[:2])
+        s.close()
+
+    stalled = raw_upgrade(gw.port, "/echo")
+    stalled.sendall(bytes([0x82, 0xFF]) + struct.pack("!Q", 16 << 20) + b"\0\0\0\0" + b"x" * 1000)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    grown = max(peak[0], rss_kib(gw.pid)) - base
+    assert len(results) == 20, f"only {len(results)} of 20 clients finished"
+    for opcode, code, rest, _ in results.values():
+        assert (opcode, code, rest) == (0x88, 1009, b""), (opcode, code, rest)
+    assert grown < 64 * 1024, f"RSS grew by {grown} KiB for 20 skipped 12 MiB frames"
+    for _, _, _, addr in results.values():
+        line = gw.wait_for(lambda l: l.get("event") == "websocket_close" and l.get("client_addr") == addr)
+        assert (line["cause"], line["code"], line["was_clean"]) == ("client_message_too_big", 1009, True)
+    echo_works(gw)
+    stalled.settimeout(10)
+    assert stalled.recv(2)[:1] == b"\x88"  # its 1009, then nothing more comes from it
+    stalled_addr = "%s:%d" % stalled.getsockname()[:2]
+    line = gw.wait_for(lambda l: l.get("event") == "websocket_close" and l.get("client_addr") == stalled_addr,
+                       timeout=20)
+    assert (line["cause"], line["code"], line["was_clean"]) == ("client_message_too_big", 1009, False)
+    stalled.close()
