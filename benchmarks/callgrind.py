@@ -77,34 +77,15 @@ def load(bench: Path, url: str, scenario: dict, messages: int) -> dict:
 
 
 def nginx_command(tmp: Path, echo_port: int) -> tuple[list[str], int]:
-    """nginx as in benchmarks/run.py, but one process (`master_process off`)
-    so that callgrind counts the worker itself."""
+    """nginx with benchmarks/run.py's config, but one process (`master_process
+    off`) so that callgrind counts the worker itself."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run import nginx_config  # benchmarks/run.py
+
     port = free_port()
     conf = tmp / "nginx.conf"
-    conf.write_text(f"""worker_processes 1;
-master_process off;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 20000; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/cb; proxy_temp_path {tmp}/px; fastcgi_temp_path {tmp}/fc;
-  uwsgi_temp_path {tmp}/uw; scgi_temp_path {tmp}/sc;
-  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://127.0.0.1:{echo_port};
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_read_timeout 1h;
-    }}
-  }}
-}}
-""")
-    return ["nginx", "-c", str(conf)], port
+    conf.write_text(nginx_config(tmp, port, echo_port, single_process=True))
+    return ["nginx", "-p", str(tmp), "-c", str(conf)], port
 
 
 def free_port() -> int:

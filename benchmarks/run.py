@@ -303,6 +303,47 @@ def wait_port(port: int, proc: Proc, timeout: float) -> None:
 
 # ---------------------------------------------------------------- the programs under test
 
+def nginx_config(d: Path, port: int, echo_port: int, single_process: bool = False) -> str:
+    """The benchmark's nginx: one worker, the WebSocket Upgrade map, 64 KiB
+    proxy buffers for scenario c's `/big`. `single_process` (no master, for
+    benchmarks/callgrind.py) runs the worker itself in the one process."""
+    # the WebSocket proxying both locations share
+    proxy = f"""      proxy_pass http://127.0.0.1:{echo_port};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+"""
+    return f"""worker_processes 1;
+{"master_process off;" if single_process else ""}
+worker_rlimit_nofile 20000;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/client_body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+{proxy}    }}
+    # scenario c (64 KiB messages): 64 KiB proxy buffers
+    location /big {{
+{proxy}      proxy_buffer_size 64k;
+      proxy_buffers 4 64k;
+    }}
+  }}
+}}
+"""
+
+
 class Bench:
     def __init__(self, bin_dir: Path, tmp: Path, smoke: bool, base_bin: Path | None = None):
         self.bin = bin_dir
@@ -355,40 +396,7 @@ routes:
         os.chmod(d, 0o755)  # the worker may run as nobody
         port = free_port()
         conf = d / "nginx.conf"
-        # the WebSocket proxying both locations share
-        proxy = f"""      proxy_pass http://127.0.0.1:{self.echo_port};
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_read_timeout 1h;
-      proxy_send_timeout 1h;
-"""
-        conf.write_text(f"""worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 20000; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/client_body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-{proxy}    }}
-    # scenario c (64 KiB messages): 64 KiB proxy buffers
-    location /big {{
-{proxy}      proxy_buffer_size 64k;
-      proxy_buffers 4 64k;
-    }}
-  }}
-}}
-""")
+        conf.write_text(nginx_config(d, port, self.echo_port))
         ng = Proc("nginx", ["nginx", "-p", str(d), "-c", str(conf)], d)
         wait_port(port, ng, 20)
         return ng, f"ws://127.0.0.1:{port}", {"ws": "/", "big": "/big"}

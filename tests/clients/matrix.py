@@ -45,6 +45,9 @@ from cryptography import x509  # noqa: E402
 from websockets.asyncio.server import serve as ws_serve  # noqa: E402
 
 import conftest as bb  # noqa: E402  (tests/blackbox/conftest.py: Gateway, Upstreams, …)
+
+sys.path.insert(0, str(HERE / "python-common"))
+from matrixclient import fnv  # noqa: E402  (the digest every client reports, PROTOCOL.md)
 from test_http_upstream import Backend  # noqa: E402
 from test_tls import TLSUpstreams, make_cert, write_pem  # noqa: E402
 
@@ -192,13 +195,6 @@ KNOWN_LIMITS = {
     ("python-aiohttp", "upstream_1005"):
         "an upstream's empty close frame (1005, no code) comes out as code 0 with an `EofStream` error",
 }
-
-
-def fnv(data: bytes) -> str:
-    h = 0x811C9DC5
-    for b in data:
-        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
-    return f"{h:08x}"
 
 
 def mapped(code: int, profile: str) -> int:

@@ -14,7 +14,8 @@ import WSGateProtocol
 ///
 /// Each attempt's leg reports to a delegate of its own (`Attempt`), so that
 /// what a failed attempt says after its failure (its `.ended`) does not
-/// reach the session; once connected, everything is passed through.
+/// reach the session. Once connected, the leg hands data straight to the
+/// session (`relayData(to:)`), and its events still pass through here.
 final class PooledUpstream: UpstreamLeg, @unchecked Sendable {
     /// Builds the leg for one target.
     typealias MakeLeg = (PoolState.Target) -> UpstreamLeg

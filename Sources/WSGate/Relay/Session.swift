@@ -493,11 +493,9 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         earlyUpstreamFrames = []
     }
 
-    /// Adds this connection's new traffic to the gateway-wide counters.
     /// After a read batch was relayed: the idle timer's activity, and the
-    /// traffic counters at most once a second (they are atomics shared by
-    /// every event loop: updating them per batch cost a contended cache
-    /// line per message).
+    /// traffic counters at most once a second (atomics shared by every
+    /// event loop, so not written per batch; `end` brings them up to date).
     private func trafficRelayed() {
         let now = NIODeadline.now()
         lastActivity = now
@@ -507,6 +505,7 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         }
     }
 
+    /// Adds this connection's new traffic to the gateway-wide counters.
     private func reportTraffic() {
         let metrics = environment.metrics
         if messagesIn != reported.messagesIn {
