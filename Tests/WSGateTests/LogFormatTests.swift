@@ -48,6 +48,22 @@ struct LogFormatTests {
         #expect(object["cause"] as? String == "upstream_unreachable")
     }
 
+    /// The quoting copies the runs between escapes as bytes: characters
+    /// next to an escape (multi-byte, combining, near-miss U+2027/U+202A
+    /// that share U+2028's first bytes) come through whole.
+    @Test func quotingKeepsEveryCharacterAroundEscapes() throws {
+        let samples = [
+            "\"\u{301}", "é\"ü\n😀\u{2028}\u{2029}x\u{7f}", "\u{2027}\u{202A}\u{2028}", "tab\there\u{0}", "", "plain ascii",
+            "\u{2028}", "a\u{2029}", "\\\"",
+        ]
+        for sample in samples {
+            let quoted = JSONText.quoted(sample)
+            #expect(!quoted.unicodeScalars.contains { $0.value < 0x20 || $0 == "\u{2028}" || $0 == "\u{2029}" || $0 == "\u{7f}" })
+            let parsed = try JSONSerialization.jsonObject(with: Data("[\(quoted)]".utf8)) as? [String]
+            #expect(parsed == [sample], "\(quoted)")
+        }
+    }
+
     @Test func logHandlerWritesTypedJSON() throws {
         let line = GatewayLogHandler.jsonLine(level: .info, message: "listening", metadata: [
             "port": .stringConvertible(8080), "host": .string("0.0.0.0"), "tls": .stringConvertible(false),

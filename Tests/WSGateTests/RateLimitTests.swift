@@ -31,6 +31,19 @@ struct RateLimitTests {
         #expect(limiter.description == "over its rate limit (100 messages/s, 1000 bytes/s)")
     }
 
+    /// What a throttled client sends after the batch that put it over is
+    /// charged too: the release waits for the whole debt.
+    @Test func debtCountsEverythingTakenSince() {
+        var settings = RateLimit()
+        settings.messagesPerSecond = 20
+        settings.burstMessages = 20
+        var limiter = RateLimiter(settings, now: 0)
+        #expect(limiter.take(messages: 28, bytes: 0, now: 0) == 8 * second / 20, "28 against a burst of 20: 0.4 s")
+        _ = limiter.take(messages: 32, bytes: 0, now: 0)  // the rest of that read cycle
+        #expect(limiter.debt(now: 8 * second / 20) == 32 * second / 20, "after the first wait, 32 more messages of debt")
+        #expect(limiter.debt(now: 40 * second / 20) == 0, "60 messages at 20/s with a burst of 20: free after 2 s")
+    }
+
     @Test func configLoadsAndChecksRateLimits() throws {
         let config = try ConfigLoader.load(yaml: """
             limits: {max_connections_per_ip: 10}

@@ -1,6 +1,9 @@
 import WSGatePolicy
 import CCurl
 import CCurlShim
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -62,11 +65,14 @@ final class CurlClient: @unchecked Sendable {
     private let stopped: EventLoopPromise<Void>
 
     // Worker-thread state.
-    private var running: [UnsafeMutableRawPointer: Transfer] = [:]
-    private var runningTickets: [Ticket: UnsafeMutableRawPointer] = [:]
-    private var idleHandles: [UnsafeMutableRawPointer] = []
-    /// Each easy handle's error buffer, allocated with the handle.
-    private var errorBuffers: [UnsafeMutableRawPointer: UnsafeMutablePointer<CChar>] = [:]
+    /// Transfers on the multi handle, by ticket (for `cancel`). libcurl
+    /// hands a finished transfer back by its easy handle, whose
+    /// `CURLOPT_PRIVATE` points at the `Transfer`: no second map.
+    private var running: [Ticket: Transfer] = [:]
+    private var idleHandles: [EasyHandle] = []
+    /// Responses of one round, delivered to their event loops together.
+    private var completed: [Completion] = []
+    private var mediaTypes = MediaTypeCache()
 
     private static let globalInit: Void = {
         curl_global_init(Int(CURL_GLOBAL_DEFAULT))
@@ -201,17 +207,14 @@ final class CurlClient: @unchecked Sendable {
             collectFinished()
             if stop && NIODeadline.now() >= abortAt {
                 let failure = CurlFailure(cause: .shutdown, message: "aborted: the gateway's drain ended", curlCode: -1)
-                for ticket in Array(runningTickets.keys) { abortTransfer(ticket: ticket, failure: failure) }
+                for ticket in Array(running.keys) { abortTransfer(ticket: ticket, failure: failure) }
             }
             if stop && running.isEmpty { break }
             // Wake at least every 100 ms while stopping, to see the abort deadline.
             wsgate_curl_loop_run_once(loop, stop ? 100 : 1000)
             collectFinished()
         }
-        for handle in idleHandles { curl_easy_cleanup(handle) }
-        idleHandles = []
-        for buffer in errorBuffers.values { buffer.deallocate() }
-        errorBuffers = [:]
+        idleHandles = []  // each cleans up its handle
         wsgate_curl_loop_destroy(loop)
         curl_multi_cleanup(multi)
         stopped.succeed(())
@@ -219,30 +222,28 @@ final class CurlClient: @unchecked Sendable {
 
     /// Takes a running transfer off the multi handle and fails its promise.
     private func abortTransfer(ticket: Ticket, failure: CurlFailure) {
-        guard let handle = runningTickets.removeValue(forKey: ticket) else { return }  // finished already
-        curl_multi_remove_handle(multi, handle)
-        guard let transfer = running.removeValue(forKey: handle) else { return }
+        guard let transfer = running.removeValue(forKey: ticket) else { return }  // finished already
+        curl_multi_remove_handle(multi, transfer.easy.pointer)
         let promise = transfer.promise
         promise.futureResult.eventLoop.execute { promise.fail(failure) }
-        retire(handle, transfer: transfer)
+        retire(transfer)
     }
 
     /// A finished or aborted transfer's handle goes back to the pool, unless
-    /// it carries per-route TLS options.
-    private func retire(_ handle: UnsafeMutableRawPointer, transfer: Transfer) {
-        if transfer.request.hasCustomTLS {
-            curl_easy_cleanup(handle)
-            errorBuffers.removeValue(forKey: handle)?.deallocate()
-        } else {
-            releaseHandle(handle)
+    /// it carries per-route TLS options (then it is cleaned up with its last
+    /// reference).
+    private func retire(_ transfer: Transfer) {
+        if !transfer.request.hasCustomTLS && idleHandles.count < 256 {
+            idleHandles.append(transfer.easy)
         }
     }
 
     /// A handle from the pool, or a new one with the options every transfer
     /// shares set once (handles are reused without `curl_easy_reset`).
-    private func makeHandle() -> UnsafeMutableRawPointer {
+    private func makeHandle() -> EasyHandle {
         if let handle = idleHandles.popLast() { return handle }
-        let h = curl_easy_init()!
+        let easy = EasyHandle()
+        let h = easy.pointer
         wsgate_curl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
         "http,https".withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_PROTOCOLS_STR, $0) }
         // Upstreams are internal services: never route them through an
@@ -252,20 +253,8 @@ final class CurlClient: @unchecked Sendable {
         wsgate_curl_easy_setopt_long(h, CURLOPT_TCP_KEEPALIVE, 1)
         wsgate_curl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
         wsgate_curl_easy_setopt_write_function(h, transferWriteCallback)
-        let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
-        errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
-        wsgate_curl_easy_setopt_ptr(h, CURLOPT_ERRORBUFFER, errorBuffer)
-        errorBuffers[h] = errorBuffer
-        return h
-    }
-
-    private func releaseHandle(_ handle: UnsafeMutableRawPointer) {
-        if idleHandles.count < 256 {
-            idleHandles.append(handle)
-        } else {
-            curl_easy_cleanup(handle)
-            errorBuffers.removeValue(forKey: handle)?.deallocate()
-        }
+        wsgate_curl_easy_setopt_ptr(h, CURLOPT_ERRORBUFFER, easy.errorBuffer)
+        return easy
     }
 
     private func start(_ pending: Pending) {
@@ -283,47 +272,105 @@ final class CurlClient: @unchecked Sendable {
             }
             request.totalTimeoutMs = min(request.totalTimeoutMs, Int(left))
         }
-        let handle = makeHandle()
-        let transfer = Transfer(request: request, promise: pending.promise, errorBuffer: errorBuffers[handle]!)
+        let transfer = Transfer(request: request, promise: pending.promise, easy: makeHandle())
+        let handle = transfer.easy.pointer
         transfer.configure(handle)
+        // Unretained: `running` keeps the transfer while libcurl has it.
+        wsgate_curl_easy_setopt_ptr(handle, CURLOPT_PRIVATE, Unmanaged.passUnretained(transfer).toOpaque())
         let added = curl_multi_add_handle(multi, handle)
         guard added == CURLM_OK else {
             let failure = CurlFailure(
                 cause: .internalError, message: "curl_multi_add_handle: \(String(cString: curl_multi_strerror(added)))", curlCode: -1)
             let promise = pending.promise
             promise.futureResult.eventLoop.execute { promise.fail(failure) }
-            retire(handle, transfer: transfer)
+            retire(transfer)
             return
         }
-        running[handle] = transfer
-        runningTickets[pending.ticket] = handle
         transfer.ticket = pending.ticket
+        running[pending.ticket] = transfer
     }
 
     /// Completes finished transfers. Results are handed to each event loop
     /// in one batch per round (one cross-thread wake-up per loop, not per
-    /// request).
+    /// request); with one client per event loop that is one loop.
     private func collectFinished() {
         var left: Int32 = 0
-        var batches: [ObjectIdentifier: (EventLoop, [() -> Void])] = [:]
         while let message = curl_multi_info_read(multi, &left) {
             guard message.pointee.msg == CURLMSG_DONE, let handle = message.pointee.easy_handle else { continue }
             let code = message.pointee.data.result
             curl_multi_remove_handle(multi, handle)
-            if let transfer = running.removeValue(forKey: handle) {
-                runningTickets.removeValue(forKey: transfer.ticket)
-                let complete = transfer.finish(handle: handle, code: code)
-                let loop = transfer.promise.futureResult.eventLoop
-                batches[ObjectIdentifier(loop), default: (loop, [])].1.append(complete)
-                retire(handle, transfer: transfer)
-            } else {
-                releaseHandle(handle)
+            var owner: UnsafeMutableRawPointer? = nil
+            wsgate_curl_easy_getinfo_ptr(handle, CURLINFO_PRIVATE, &owner)
+            guard let owner, let transfer = running.removeValue(forKey: Unmanaged<Transfer>.fromOpaque(owner).takeUnretainedValue().ticket)
+            else { continue }  // aborted meanwhile: not ours any more
+            completed.append(Completion(promise: transfer.promise, result: transfer.finish(handle: handle, code: code, mediaTypes: &mediaTypes)))
+            retire(transfer)
+        }
+        guard !completed.isEmpty else { return }
+        let batch = completed
+        completed = []
+        let loop = batch[0].promise.futureResult.eventLoop
+        if batch.allSatisfy({ $0.promise.futureResult.eventLoop === loop }) {
+            loop.execute { Completion.deliver(batch) }
+        } else {
+            var byLoop: [ObjectIdentifier: (EventLoop, [Completion])] = [:]
+            for completion in batch {
+                let loop = completion.promise.futureResult.eventLoop
+                byLoop[ObjectIdentifier(loop), default: (loop, [])].1.append(completion)
+            }
+            for (_, (loop, completions)) in byLoop { loop.execute { Completion.deliver(completions) } }
+        }
+    }
+}
+
+/// A finished transfer's outcome, on its way to the promise's event loop.
+private struct Completion: Sendable {
+    let promise: EventLoopPromise<CurlResponse>
+    let result: Result<CurlResponse, CurlFailure>
+
+    static func deliver(_ batch: [Completion]) {
+        for completion in batch {
+            switch completion.result {
+            case .success(let response): completion.promise.succeed(response)
+            case .failure(let failure): completion.promise.fail(failure)
             }
         }
-        for (_, (loop, completions)) in batches {
-            let box = UnsafeTransfer(completions)
-            loop.execute { for complete in box.value { complete() } }
+    }
+}
+
+/// An easy handle with its error buffer; cleaned up with its last reference
+/// (the pool of idle handles, or the transfer using it).
+private final class EasyHandle {
+    let pointer: UnsafeMutableRawPointer
+    let errorBuffer: UnsafeMutablePointer<CChar>
+
+    init() {
+        pointer = curl_easy_init()!
+        errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
+        errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
+    }
+
+    deinit {
+        curl_easy_cleanup(pointer)
+        errorBuffer.deallocate()
+    }
+}
+
+/// The last `Content-Type` values seen and what `MediaType.parse` made of
+/// them: an upstream sends the same one on every response, and comparing
+/// bytes is cheaper than parsing and building a String each time.
+private struct MediaTypeCache {
+    private var raw: [UInt8] = []
+    private var parsed = ""
+
+    mutating func mediaType(_ header: UnsafePointer<CChar>) -> String {
+        let length = strlen(header)
+        let same = length == raw.count && raw.withUnsafeBytes { memcmp($0.baseAddress!, header, length) == 0 }
+        if !same {
+            raw = Array(UnsafeRawBufferPointer(start: header, count: length))
+            parsed = MediaType.parse(header)
         }
+        return parsed
     }
 }
 
@@ -332,19 +379,20 @@ final class CurlClient: @unchecked Sendable {
 private final class Transfer {
     let request: CurlRequest
     let promise: EventLoopPromise<CurlResponse>
+    let easy: EasyHandle
     var ticket: CurlClient.Ticket = 0
     var responseBody: ByteBuffer
     var oversized = false
     private var bodyCopy: UnsafeMutableRawBufferPointer?
-    private let errorBuffer: UnsafeMutablePointer<CChar>
+    private var errorBuffer: UnsafeMutablePointer<CChar> { easy.errorBuffer }
     private var connectToList: UnsafeMutablePointer<curl_slist>?
 
-    init(request: CurlRequest, promise: EventLoopPromise<CurlResponse>, errorBuffer: UnsafeMutablePointer<CChar>) {
+    init(request: CurlRequest, promise: EventLoopPromise<CurlResponse>, easy: EasyHandle) {
         self.request = request
         self.promise = promise
+        self.easy = easy
         self.responseBody = ByteBufferAllocator().buffer(capacity: 0)
-        self.errorBuffer = errorBuffer
-        errorBuffer.pointee = 0
+        easy.errorBuffer.pointee = 0
     }
 
     deinit {
@@ -407,14 +455,13 @@ private final class Transfer {
         }
     }
 
-    func finish(handle: UnsafeMutableRawPointer, code: CURLcode) -> () -> Void {
-        let promise = self.promise
+    func finish(handle: UnsafeMutableRawPointer, code: CURLcode, mediaTypes: inout MediaTypeCache) -> Result<CurlResponse, CurlFailure> {
         if code == CURLE_OK {
             var status = 0
             wsgate_curl_easy_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
             var typePointer: UnsafePointer<CChar>? = nil
             wsgate_curl_easy_getinfo_string(handle, CURLINFO_CONTENT_TYPE, &typePointer)
-            let contentType = typePointer.map(MediaType.parse)
+            let contentType = typePointer.map { mediaTypes.mediaType($0) }
             var response = CurlResponse(status: status, contentType: contentType, body: responseBody)
             if let name = request.captureHeader {
                 var header: UnsafeMutablePointer<curl_header>? = nil
@@ -422,7 +469,7 @@ private final class Transfer {
                     response.capturedHeader = String(cString: value)
                 }
             }
-            return { promise.succeed(response) }
+            return .success(response)
         }
         let detail = errorBuffer.pointee != 0 ? String(cString: errorBuffer) : String(cString: curl_easy_strerror(code))
         var failure = oversized
@@ -433,15 +480,8 @@ private final class Transfer {
         var sent = 0
         wsgate_curl_easy_getinfo_long(handle, CURLINFO_REQUEST_SIZE, &sent)
         failure.notSent = sent == 0 && !oversized
-        return { promise.fail(failure) }
+        return .failure(failure)
     }
-}
-
-/// Moves non-Sendable closures to the event loop that runs them; they only
-/// capture Sendable values (promises and results).
-private struct UnsafeTransfer<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
 }
 
 /// A static, never freed "" for bodiless requests.

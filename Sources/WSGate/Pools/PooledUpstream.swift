@@ -90,7 +90,11 @@ final class PooledUpstream: UpstreamLeg, @unchecked Sendable {
                 self.pool.attemptFinished(target, failure: nil, on: self.eventLoop)
                 self.pool.connectionStarted(target.id)
                 self.connected = true
+                // Nothing is retried from here on: what only retrying needs
+                // is not kept for the connection's whole life.
                 self.makeLeg = nil
+                self.tried = []
+                self.failures = []
                 // Data now goes from the leg to the session directly; the
                 // attempt still hears how the connection ends.
                 if let delegate = self.delegate { leg.relayData(to: delegate) }

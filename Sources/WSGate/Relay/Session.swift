@@ -241,7 +241,16 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
 
     /// Whether the client leg may read more: only while the upstream can take
     /// it, except once closing, when the client's close reply must be read.
-    var legMayRead: Bool { throttleTimer == nil && machine.mayReadClient(upstreamWritable: upstream?.isWritable ?? false) }
+    ///
+    /// The leg is asked first and the state machine after: an argument that
+    /// calls out to other code, evaluated after `machine` was loaded, makes
+    /// Swift copy the whole machine to protect it (callgrind: a copy and a
+    /// destroy of it on every call, several calls per message).
+    var legMayRead: Bool {
+        guard throttleTimer == nil else { return false }
+        let upstreamWritable = upstream?.isWritable ?? false
+        return machine.mayReadClient(upstreamWritable: upstreamWritable)
+    }
 
     /// Client data frames of one read, serialized in `clientFrameFormat`.
     func legFrames(_ batch: FrameBatch) {
@@ -250,7 +259,10 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         messagesIn &+= UInt64(batch.messages)
         if rateLimiter != nil {
             if throttleTimer != nil {
-                heldBatches.append(batch)  // the rest of the read cycle that went over
+                // The rest of the read cycle that went over: held, and
+                // charged now, so that the release waits for it too.
+                _ = rateLimiter!.take(messages: batch.messages, bytes: batch.payloadBytes, now: NIODeadline.now().uptimeNanoseconds)
+                heldBatches.append(batch)
                 return
             }
             guard admitUnderRateLimit(batch) else { return }
@@ -273,16 +285,25 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
             return false
         case .throttle:
             heldBatches.append(batch)
-            throttleTimer = eventLoop.scheduleTask(in: .nanoseconds(Int64(over))) { [self] in
-                self.throttleTimer = nil
-                let held = self.heldBatches
-                self.heldBatches = []
-                guard self.machine.relaysClientData else { return }
-                for batch in held { self.upstream?.send(batch) }
-                self.upstream?.flush()
-                self.client?.resumeReading()
-            }
+            releaseHeld(after: over)
             return false
+        }
+    }
+
+    /// A throttled client's held batches go on once the buckets are out of
+    /// debt (batches held after the first were charged when they arrived);
+    /// then the client is read again.
+    private func releaseHeld(after wait: UInt64) {
+        throttleTimer = eventLoop.scheduleTask(in: .nanoseconds(Int64(wait))) { [self] in
+            self.throttleTimer = nil
+            guard self.machine.relaysClientData else { return }
+            let left = self.rateLimiter!.debt(now: NIODeadline.now().uptimeNanoseconds)
+            guard left == 0 else { return self.releaseHeld(after: left) }
+            let held = self.heldBatches
+            self.heldBatches = []
+            for batch in held { self.upstream?.send(batch) }
+            self.upstream?.flush()
+            self.client?.resumeReading()
         }
     }
 
@@ -343,7 +364,11 @@ final class Session: UpstreamLegDelegate, WebSocketLegDelegate, @unchecked Senda
         }
     }
 
-    var mayReadUpstream: Bool { machine.mayReadUpstream(clientWritable: isClientWritable) }
+    /// (Writability first, then the machine: see `legMayRead`.)
+    var mayReadUpstream: Bool {
+        let clientWritable = isClientWritable
+        return machine.mayReadUpstream(clientWritable: clientWritable)
+    }
 
     func upstreamBecameWritable() {
         client?.resumeReading()

@@ -18,9 +18,11 @@ struct SessionSettings: Sendable {
     }
 
     /// Receive buffers start small and grow with the traffic (NIO's adaptive
-    /// allocator doubles them when a read fills one). Each channel keeps its
+    /// allocator grows them when a read fills one). Each channel keeps its
     /// last buffer for reuse, so the starting size is what an idle
-    /// connection holds: 512 bytes instead of NIO's default 2048, per socket
-    /// (client and upstream alike).
-    static let receiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
+    /// connection holds: 256 bytes instead of NIO's default 2048, per socket
+    /// (client and upstream alike). An upstream's 101 and a small upgrade
+    /// request fit; a larger request takes one more read and leaves the
+    /// buffer at 512.
+    static let receiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536)
 }

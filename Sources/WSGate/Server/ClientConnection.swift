@@ -169,20 +169,15 @@ final class ClientConnection: @unchecked Sendable {
     func upgraded(channel: Channel) -> EventLoopFuture<Void> {
         channel.eventLoop.makeCompletedFuture { [self] in
             guard let session = self.session else { throw ChannelError.inappropriateOperationForState }
-            // The rejection handler sits before the frame codec NIO just added;
-            // it must go before the first frame arrives.
+            // The rejection handler must go before the first frame arrives.
             let reject = try channel.pipeline.syncOperations.handler(type: RejectHandler.self)
             channel.pipeline.syncOperations.removeHandler(reject, promise: nil)
-            // NIO's frame decoder makes way for the leg handler, which frames
-            // the stream itself; it goes before NIO's frame encoder (which
-            // cannot be removed and stays unused) and writes bytes.
-            let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
-            channel.pipeline.syncOperations.removeHandler(decoder, promise: nil)
-            let encoder = try channel.pipeline.syncOperations.handler(type: WebSocketFrameEncoder.self)
+            // No frame codec from NIO (`FramelessServerUpgrader`): the leg
+            // handler frames the stream itself and writes bytes.
             let handler = WebSocketLegHandler(
                 role: .server(relayAs: session.clientFrameFormat), delegate: session,
                 maxMessageBytes: self.gateway.settings.maxMessageBytes)
-            try channel.pipeline.syncOperations.addHandler(handler, position: .before(encoder))
+            try channel.pipeline.syncOperations.addHandler(handler)
             channel.pipeline.syncOperations.removeHandler(self.limiter, promise: nil)
             self.leavePending()
             session.clientAttached(handler)

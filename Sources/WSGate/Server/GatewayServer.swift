@@ -65,7 +65,6 @@ public final class GatewayServer: Sendable {
     /// Binds and starts accepting; returns the bound port.
     public func start() async throws -> Int {
         let gateway = self.gateway
-        let maxFrame = gateway.settings.maxMessageBytes
         let serverTLS = gateway.serverTLS
         for route in gateway.config.routes where route.tls?.insecureSkipVerify == true {
             gateway.logger.warning("tls_verification_disabled", metadata: [
@@ -111,8 +110,7 @@ public final class GatewayServer: Sendable {
                     let gate = UpgradeReadGate()
                     try channel.pipeline.syncOperations.addHandler(gate)
                     let connection = ClientConnection(gateway: gateway, channel: channel, limiter: limiter, readGate: gate)
-                    let upgrader = NIOWebSocketServerUpgrader(
-                        maxFrameSize: maxFrame, automaticErrorHandling: false,
+                    let upgrader = FramelessServerUpgrader(
                         shouldUpgrade: { _, head in connection.shouldUpgrade(head) },
                         upgradePipelineHandler: { channel, _ in connection.upgraded(channel: channel) })
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(

@@ -34,6 +34,10 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
     private let connectTo: String?
     private lazy var textHeaders = CurlHeaderList(commonHeaders + ["Content-Type: text/plain; charset=utf-8", "X-WSGate-Message-Type: text"])
     private lazy var binaryHeaders = CurlHeaderList(commonHeaders + ["Content-Type: application/octet-stream", "X-WSGate-Message-Type: binary"])
+    /// Every message's request is one of these with its body and deadline
+    /// set: the options box is built once per connection, not per message.
+    private lazy var textTemplate = request(url: urlString, headers: textHeaders, body: nil)
+    private lazy var binaryTemplate = request(url: urlString, headers: binaryHeaders, body: nil)
     private let logger: Logger
     /// `wsgate_http_upstream_request_seconds`.
     var requestTimer: CoreMetrics.Timer?
@@ -58,6 +62,8 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
     private let hashKey: String?
     /// Per target: the request URL and the `CURLOPT_CONNECT_TO` entry.
     private var addressing: [String: (url: String, connectTo: String?)] = [:]
+    /// Per target: the options of its requests (the route's, addressed to it).
+    private var targetOptions: [String: CurlRequest.Options] = [:]
     /// The target of the last request and every connect attempt so far (the
     /// log line's `target` and `attempts`).
     private var lastTarget: PoolState.Target?
@@ -90,6 +96,14 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
         guard named.host != host || named.port != port else { return (named.description, nil) }
         func bracketed(_ h: String) -> String { h.contains(":") ? "[\(h)]" : h }
         return (named.description, "\(bracketed(named.host)):\(named.port):\(bracketed(host)):\(port)")
+    }
+
+    private func options(for target: PoolState.Target, from request: CurlRequest) -> CurlRequest.Options {
+        if let known = targetOptions[target.id] { return known }
+        var addressed = request
+        (addressed.url, addressed.connectTo) = addressing(for: target)
+        targetOptions[target.id] = addressed.sharedOptions
+        return addressed.sharedOptions
     }
 
     private func addressing(for target: PoolState.Target) -> (url: String, connectTo: String?) {
@@ -201,7 +215,8 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
         let slot = Slot()
         inFlight.append(slot)
         let started = waitingSince  // when this message was read
-        var request = request(url: urlString, headers: isText ? textHeaders : binaryHeaders, body: body)
+        var request = isText ? textTemplate : binaryTemplate
+        request.body = body
         request.deadline = started + .milliseconds(Int64(timeouts.requestMs))
         send(request, slot: slot, started: started, tried: [])
     }
@@ -215,7 +230,7 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
         var target: PoolState.Target? = nil
         if let pool, let chosen = pool.choose(hashKey: hashKey, tried: tried) {
             target = chosen
-            (request.url, request.connectTo) = addressing(for: chosen)
+            request.share(options(for: chosen, from: template))
             pool.connectionStarted(chosen.id)
             lastTarget = chosen
         }

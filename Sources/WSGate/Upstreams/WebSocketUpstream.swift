@@ -82,7 +82,6 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
         state = .connecting
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: url.requestTarget, headers: requestHeaders)
         requestHeaders = HTTPHeaders()
-        let maxFrame = settings.maxMessageBytes
         let tls = self.tls
         let serverName = self.serverName
         ClientBootstrap(group: eventLoop)
@@ -99,8 +98,7 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
                     }
                     let encoder = HTTPRequestEncoder()
                     let decoder = ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes))
-                    let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: maxFrame, automaticErrorHandling: false) {
-                        [self] channel, response in
+                    let upgrader = FramelessClientUpgrader { [self] channel, response in
                         self.upgraded(channel: channel, response: response)
                     }
                     let upgradeHandler = NIOHTTPClientUpgradeHandler(
@@ -142,14 +140,10 @@ final class WebSocketUpstream: UpstreamLeg, WebSocketLegDelegate, @unchecked Sen
             if let chosen, !self.offeredProtocols.contains(chosen) {
                 throw UpstreamFailure(.upstreamProtocolError, error: "upstream chose subprotocol \(chosen) that the client did not offer")
             }
-            // NIO's frame decoder makes way for the leg handler, which frames
-            // the stream itself; it goes before NIO's frame encoder (which
-            // cannot be removed and stays unused) and writes bytes.
-            let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<WebSocketFrameDecoder>.self)
-            channel.pipeline.syncOperations.removeHandler(decoder, promise: nil)
-            let encoder = try channel.pipeline.syncOperations.handler(type: WebSocketFrameEncoder.self)
+            // No frame codec from NIO (`FramelessClientUpgrader`): the leg
+            // handler frames the stream itself and writes bytes.
             let handler = WebSocketLegHandler(role: .client, delegate: self, maxMessageBytes: self.settings.maxMessageBytes)
-            try channel.pipeline.syncOperations.addHandler(handler, position: .before(encoder))
+            try channel.pipeline.syncOperations.addHandler(handler)
             self.handler = handler
             if let handshake = try? channel.pipeline.syncOperations.handler(type: UpstreamHandshakeHandler.self) {
                 channel.pipeline.syncOperations.removeHandler(handshake, promise: nil)

@@ -78,6 +78,22 @@ public struct RateLimiter: Sendable, Equatable {
         return wait
     }
 
+    /// How many nanoseconds until both buckets are out of debt (0: now).
+    /// A throttled client's release waits for this, not for the debt of
+    /// the batch that put it over alone: what it sent meanwhile counts too.
+    public mutating func debt(now: UInt64) -> UInt64 {
+        var wait: UInt64 = 0
+        if var bucket = messages {
+            wait = max(wait, bucket.take(0, now: now))
+            messages = bucket
+        }
+        if var bucket = bytes {
+            wait = max(wait, bucket.take(0, now: now))
+            bytes = bucket
+        }
+        return wait
+    }
+
     /// What the client went over, for the log's `error`.
     public var description: String {
         var parts: [String] = []

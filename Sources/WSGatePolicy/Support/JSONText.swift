@@ -12,13 +12,18 @@ public enum JSONText {
 
     public static func appendQuoted(_ s: String, to out: inout String) {
         out.append("\"")
-        var plainStart = s.unicodeScalars.startIndex
+        // Escapes are decided on UTF-8 bytes: every character that needs one
+        // is ASCII except U+2028/U+2029 (E2 80 A8/A9), so the runs between
+        // them start and end on scalar boundaries and are appended as whole
+        // runs of bytes (one copy each), not scalar by scalar.
+        let utf8 = s.utf8
+        var plainStart = utf8.startIndex
         var index = plainStart
-        let scalars = s.unicodeScalars
-        while index != scalars.endIndex {
-            let c = scalars[index]
-            let escape: String?
-            switch c.value {
+        while index != utf8.endIndex {
+            let byte = utf8[index]
+            var width = 1
+            var escape: String? = nil
+            switch byte {
             case 0x22: escape = "\\\""
             case 0x5C: escape = "\\\\"
             case 0x0A: escape = "\\n"
@@ -26,19 +31,26 @@ public enum JSONText {
             case 0x09: escape = "\\t"
             case 0x08: escape = "\\b"
             case 0x0C: escape = "\\f"
-            case 0x00..<0x20, 0x7F, 0x2028, 0x2029: escape = hexEscape(c.value)
-            default: escape = nil
+            case 0x00..<0x20, 0x7F: escape = hexEscape(UInt32(byte))
+            case 0xE2:
+                let second = utf8.index(after: index)
+                guard second != utf8.endIndex, utf8[second] == 0x80 else { break }
+                let third = utf8.index(after: second)
+                guard third != utf8.endIndex, utf8[third] == 0xA8 || utf8[third] == 0xA9 else { break }
+                escape = utf8[third] == 0xA8 ? "\\u2028" : "\\u2029"
+                width = 3
+            default: break
             }
             if let escape {
-                out.unicodeScalars.append(contentsOf: scalars[plainStart..<index])
+                out.append(contentsOf: Substring(utf8[plainStart..<index]))
                 out.append(escape)
-                index = scalars.index(after: index)
+                index = utf8.index(index, offsetBy: width)
                 plainStart = index
             } else {
-                index = scalars.index(after: index)
+                index = utf8.index(after: index)
             }
         }
-        out.unicodeScalars.append(contentsOf: scalars[plainStart..<index])
+        out.append(contentsOf: Substring(utf8[plainStart..<index]))
         out.append("\"")
     }
 
