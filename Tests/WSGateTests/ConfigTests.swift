@@ -229,6 +229,21 @@ struct ConfigTests {
         #expect(route.tls == Route.UpstreamTLS(caFile: nil, serverName: "chat.internal", insecureSkipVerify: true))
     }
 
+    @Test func httpVersionDecodesAndH2cNeedsCleartext() throws {
+        func version(_ http: String, _ url: String = "http://127.0.0.1:9002/m") throws -> Route.HTTPVersion? {
+            try ConfigLoader.load(yaml: "routes:\n  - {path: /a, upstream: \"\(url)\", http: \(http)}\n").routes.first?.http.version
+        }
+        #expect(try version("{}") == .auto)
+        #expect(try version("{version: http1}") == .http1)
+        #expect(try version("{version: h2c}") == .h2c)
+        #expect(problems("routes:\n  - {path: /a, upstream: \"http://x/y\", http: {version: h2}}\n") == [
+            "routes[0].http.version: invalid value \"h2\" (expected auto | http1 | h2c)"
+        ])
+        #expect(problems("routes:\n  - {path: /a, upstream: \"https://x/y\", http: {version: h2c}}\n") == [
+            "routes[0].http.version: h2c is HTTP/2 without TLS; an https:// upstream gets HTTP/2 from the TLS handshake with `auto`"
+        ])
+    }
+
     @Test func tableKeysKeepTheirHintsAndPaths() {
         let yaml = """
             listen: {prot: 1}

@@ -249,7 +249,6 @@ final class CurlClient: @unchecked Sendable {
         // Upstreams are internal services: never route them through an
         // HTTP(S)_PROXY from the environment.
         "*".withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_NOPROXY, $0) }
-        wsgate_curl_easy_setopt_long(h, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_2TLS))
         wsgate_curl_easy_setopt_long(h, CURLOPT_TCP_KEEPALIVE, 1)
         wsgate_curl_easy_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
         wsgate_curl_easy_setopt_write_function(h, transferWriteCallback)
@@ -404,6 +403,22 @@ private final class Transfer {
     /// transfer's values: each one is overwritten here).
     func configure(_ h: UnsafeMutableRawPointer) {
         request.url.withCString { _ = wsgate_curl_easy_setopt_ptr(h, CURLOPT_URL, $0) }  // copied by libcurl
+        switch request.httpVersion {
+        case .auto where request.url.utf8.starts(with: "https:".utf8):
+            wsgate_curl_easy_setopt_long(h, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_2TLS))
+            wsgate_curl_easy_setopt_long(h, CURLOPT_PIPEWAIT, 0)
+        case .auto, .http1:
+            // `auto` to http:// is HTTP/1.1 too, said so here rather than left
+            // to 2TLS: libcurl would otherwise hand this transfer a cleartext
+            // HTTP/2 connection that an `h2c` route opened to the same origin.
+            wsgate_curl_easy_setopt_long(h, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
+            wsgate_curl_easy_setopt_long(h, CURLOPT_PIPEWAIT, 0)
+        case .h2c:
+            wsgate_curl_easy_setopt_long(h, CURLOPT_HTTP_VERSION, h2cVersionOption)
+            // Wait for a stream on the upstream's connection rather than
+            // opening another connection while the first is being set up.
+            wsgate_curl_easy_setopt_long(h, CURLOPT_PIPEWAIT, 1)
+        }
         wsgate_curl_easy_setopt_ptr(h, CURLOPT_CONNECT_TO, nil)  // a previous transfer's may be set
         if request.method == "GET" {
             // Health checks: a plain GET, no body (POSTFIELDS of the next
@@ -494,6 +509,17 @@ nonisolated(unsafe) private let emptyCString: UnsafeMutablePointer<CChar> = {
 /// libcurl's write callback: appends to the transfer's body, refusing more
 /// than `maxResponseBytes` (returning a short count makes libcurl abort the
 /// transfer with CURLE_WRITE_ERROR).
+/// What `http.version: h2c` asks libcurl for. HTTP/2 with prior knowledge
+/// where libcurl can reuse such a connection; libcurl before 8.0 fails every
+/// request after the first on a prior-knowledge connection ("Error in the
+/// HTTP2 framing layer", curl issue #10634, fixed in 8.0.0; Debian 12 ships
+/// 7.88.1), so there each new connection starts as HTTP/1.1 with
+/// `Upgrade: h2c` and carries its later requests as HTTP/2 streams.
+let h2cVersionOption: Int = {
+    guard let info = curl_version_info(CURLVERSION_FIRST) else { return Int(CURL_HTTP_VERSION_2_0) }
+    return info.pointee.version_num >= 0x08_00_00 ? Int(CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE) : Int(CURL_HTTP_VERSION_2_0)
+}()
+
 private let transferWriteCallback: wsgate_curl_data_cb = { data, size, count, userdata in
     let transfer = Unmanaged<Transfer>.fromOpaque(userdata!).takeUnretainedValue()
     let bytes = size * count

@@ -40,8 +40,12 @@ struct CurlRequest: Sendable {
         var tls: Route.UpstreamTLS?
         var connectTo: String?
         var captureHeader: String?
+        var httpVersion: Route.HTTPVersion
 
-        init(url: String, method: String, connectTimeoutMs: Int, maxResponseBytes: Int, tls: Route.UpstreamTLS?, connectTo: String?, captureHeader: String?) {
+        init(
+            url: String, method: String, connectTimeoutMs: Int, maxResponseBytes: Int, tls: Route.UpstreamTLS?, connectTo: String?,
+            captureHeader: String?, httpVersion: Route.HTTPVersion
+        ) {
             self.url = url
             self.method = method
             self.connectTimeoutMs = connectTimeoutMs
@@ -49,10 +53,13 @@ struct CurlRequest: Sendable {
             self.tls = tls
             self.connectTo = connectTo
             self.captureHeader = captureHeader
+            self.httpVersion = httpVersion
         }
 
         func copy() -> Options {
-            Options(url: url, method: method, connectTimeoutMs: connectTimeoutMs, maxResponseBytes: maxResponseBytes, tls: tls, connectTo: connectTo, captureHeader: captureHeader)
+            Options(
+                url: url, method: method, connectTimeoutMs: connectTimeoutMs, maxResponseBytes: maxResponseBytes, tls: tls,
+                connectTo: connectTo, captureHeader: captureHeader, httpVersion: httpVersion)
         }
     }
 
@@ -68,11 +75,11 @@ struct CurlRequest: Sendable {
     init(
         url: String, method: String, headers: CurlHeaderList, body: ByteBuffer?, connectTimeoutMs: Int, totalTimeoutMs: Int,
         deadline: NIODeadline? = nil, maxResponseBytes: Int, tls: Route.UpstreamTLS? = nil, connectTo: String? = nil,
-        captureHeader: String? = nil
+        captureHeader: String? = nil, httpVersion: Route.HTTPVersion = .auto
     ) {
         self.shared = Options(
             url: url, method: method, connectTimeoutMs: connectTimeoutMs, maxResponseBytes: maxResponseBytes, tls: tls,
-            connectTo: connectTo, captureHeader: captureHeader)
+            connectTo: connectTo, captureHeader: captureHeader, httpVersion: httpVersion)
         self.headers = headers
         self.body = body
         self.totalTimeoutMs = totalTimeoutMs
@@ -119,6 +126,12 @@ struct CurlRequest: Sendable {
     var captureHeader: String? {
         get { shared.captureHeader }
         set { options.captureHeader = newValue }
+    }
+
+    /// `http.version`: hooks and health checks keep `auto`.
+    var httpVersion: Route.HTTPVersion {
+        get { shared.httpVersion }
+        set { options.httpVersion = newValue }
     }
 
     /// The shared box, for requests that share it (`share`): a pool's

@@ -127,6 +127,7 @@ final class HTTPUpstream: LocalUpstream, @unchecked Sendable {
         if url == urlString {  // the route's upstream
             request.tls = route.tls
             request.connectTo = connectTo
+            request.httpVersion = route.http.version
         } else if let tls = route.tls {
             // Hooks trust what the route trusts; `server_name` names the
             // upstream, not the hook's host.

@@ -214,6 +214,7 @@ private enum ConfigTables {
         .scalar("connect_url", .httpURL, \.connectURL),
         .scalar("disconnect_url", .httpURL, \.disconnectURL),
         .scalar("on_error", .oneOf, \.onError),
+        .scalar("version", .oneOf, \.version),
     ]
 
     static let control: [ConfigKey<GatewayConfig.Control>] = [
@@ -1005,6 +1006,9 @@ private struct Reader {
         switch draft.upstream {
         case .http?, nil: break
         case .echo?, .webSocket?: problem(path, "only applies to http:// and https:// upstreams")
+        }
+        if draft.http.version == .h2c, case .http(let url)? = draft.upstream, url.isTLS {
+            problem(path + ".version", "h2c is HTTP/2 without TLS; an https:// upstream gets HTTP/2 from the TLS handshake with `auto`")
         }
     }
 

@@ -164,12 +164,25 @@ public struct Route: Sendable, Equatable {
         case close, reply
     }
 
+    /// The HTTP version toward an `http://` / `https://` upstream.
+    public enum HTTPVersion: String, Sendable, Equatable, CaseIterable {
+        /// HTTP/1.1 to `http://`; to `https://`, HTTP/2 when the server
+        /// offers it in the TLS handshake (ALPN), else HTTP/1.1.
+        case auto
+        /// HTTP/1.1 always.
+        case http1
+        /// HTTP/2 with prior knowledge over cleartext (`http://` only): one
+        /// connection per upstream carries every request as a stream.
+        case h2c
+    }
+
     /// Settings that only apply to `http://` and `https://` upstreams.
     public struct HTTPSettings: Sendable, Equatable {
         public var method = "POST"
         public var connectURL: String? = nil
         public var disconnectURL: String? = nil
         public var onError: HTTPOnError = .close
+        public var version: HTTPVersion = .auto
     }
 
     /// TLS settings toward a `wss://` or `https://` upstream.
