@@ -9,6 +9,23 @@ import PackageDescription
 /// can be. Dependencies are built as they come.
 let hotPath: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
 
+/// How the release binary is linked, for a smaller start-up footprint. A
+/// static-stdlib executable is 140 MB, and at start-up the loader reads all
+/// of its dynamic relocations and a dynamic symbol table that exports every
+/// Swift symbol (Swift's `static-stdlib-args.lnk` passes `-export-dynamic`),
+/// which every symbol lookup by the shared libraries then walks:
+/// - LLD with `-z pack-relative-relocs` stores the 116k relative relocations
+///   in DT_RELR form (2.7 MB → a few KB; glibc ≥ 2.36, as Debian 12 and the
+///   image's runtime stage have; an older glibc refuses the binary loudly);
+/// - `--no-export-dynamic` keeps only what the shared libraries need.
+/// The binary stays position-independent (ASLR). RSS after start-up on the
+/// default config: 29.5 → 25.0 MB (README, Performance). Debug builds, which
+/// link Swift dynamically, are linked as before.
+let lean: [LinkerSetting] = [
+    .unsafeFlags(["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic"],
+                 .when(platforms: [.linux], configuration: .release)),
+]
+
 let package = Package(
     name: "wsgate",
     platforms: [.macOS(.v13)],
@@ -89,7 +106,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-            ]
+            ],
+            linkerSettings: lean
         ),
         // Benchmark tool (load generator + fast echo upstream); not shipped in the image.
         .executableTarget(

@@ -17,21 +17,41 @@ package enum FrameWriter {
     /// Appends one frame to `out`. `payloadKey` is the key the payload is
     /// masked with now (0: plain), `newKey` the key to mask it with on the
     /// wire (nil: unmasked frame). Keys are packed as `littleEndianWord`.
+    ///
+    /// Header and payload are stored through one `writeWithUnsafeMutableBytes`:
+    /// each `ByteBuffer.writeInteger` is a bounds check, a uniqueness check and
+    /// NIOCore's exclusivity check, about 185 instructions, and a header took
+    /// three or four of them (callgrind, scenario b).
     @inlinable @inline(__always)
     package static func append(to out: inout ByteBuffer, firstByte: UInt8, payload: ByteBuffer, payloadKey: UInt32, newKey: UInt32?) {
         let length = payload.readableBytes
+        let header = headerLength(payload: length, masked: newKey != nil)
         let maskBit: UInt8 = newKey == nil ? 0 : 0x80
-        out.writeInteger(firstByte)
-        if length < 126 {
-            out.writeInteger(maskBit | UInt8(length))
-        } else if length <= 0xFFFF {
-            out.writeInteger(maskBit | 126)
-            out.writeInteger(UInt16(length))
-        } else {
-            out.writeInteger(maskBit | 127)
-            out.writeInteger(UInt64(length))
+        let key = payloadKey ^ (newKey ?? 0)
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: header + length) { destination in
+            let d = destination.baseAddress!  // at least two header bytes were asked for
+            d.storeBytes(of: firstByte, as: UInt8.self)
+            var at = 2
+            if length < 126 {
+                d.storeBytes(of: maskBit | UInt8(length), toByteOffset: 1, as: UInt8.self)
+            } else if length <= 0xFFFF {
+                d.storeBytes(of: maskBit | 126, toByteOffset: 1, as: UInt8.self)
+                d.storeBytes(of: UInt16(length).bigEndian, toByteOffset: 2, as: UInt16.self)
+                at = 4
+            } else {
+                d.storeBytes(of: maskBit | 127, toByteOffset: 1, as: UInt8.self)
+                d.storeBytes(of: UInt64(length).bigEndian, toByteOffset: 2, as: UInt64.self)
+                at = 10
+            }
+            if let newKey {
+                d.storeBytes(of: newKey.littleEndian, toByteOffset: at, as: UInt32.self)
+            }
+            if length > 0 {
+                payload.withUnsafeReadableBytes { source in
+                    xorWithMask(from: source.baseAddress!, to: d + header, count: length, key: key)
+                }
+            }
+            return header + length
         }
-        if let newKey { out.writeInteger(newKey, endianness: .little) }
-        out.writeMasked(payload, key: payloadKey ^ (newKey ?? 0))
     }
 }

@@ -306,6 +306,38 @@ struct MaskedFrameWriterTests {
         }
     }
 
+    /// Toward a client (no new key) the frame goes out unmasked; frames
+    /// appended one after another into one buffer (a relay batch) all decode,
+    /// whatever the length class of the one before.
+    @Test func unmasksAndAppendsFramesBackToBack() throws {
+        let alloc = ByteBufferAllocator()
+        let lengths = [0, 125, 126, 65535, 65536, 3, 70001, 1]
+        let clientKey: WebSocketMaskingKey = [0xA1, 0x00, 0x5C, 0xFF]
+        let fresh: WebSocketMaskingKey = [7, 7, 0, 1]
+        for newKey in [nil, fresh] {
+            var out = alloc.buffer(capacity: 1)
+            var payloads: [[UInt8]] = []
+            for (n, length) in lengths.enumerated() {
+                let plain = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ n) }
+                payloads.append(plain)
+                var masked = alloc.buffer(bytes: plain)
+                masked.applyWebSocketMask(clientKey)
+                FrameWriter.append(to: &out, firstByte: 0x80 | 0x2, payload: masked,
+                                   payloadKey: clientKey.littleEndianWord, newKey: newKey?.littleEndianWord)
+            }
+            let channel = EmbeddedChannel(handler: ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 20)))
+            try channel.writeInbound(out)
+            for plain in payloads {
+                let frame = try #require(try channel.readInbound(as: WebSocketFrame.self))
+                #expect(frame.maskKey == newKey)
+                #expect(frame.fin && frame.opcode == .binary)
+                #expect(Array(frame.unmaskedData.readableBytesView) == plain, "length \(plain.count), key \(String(describing: newKey))")
+            }
+            #expect(try channel.readInbound(as: WebSocketFrame.self) == nil)
+            _ = try channel.finish()
+        }
+    }
+
     @Test func maskedUTF8FeedMatchesPlain() {
         let text = Array("ascii run then κόσμε and 😀 and more ascii text here".utf8)
         let key: WebSocketMaskingKey = [0x37, 0xFA, 0x21, 0x3D]
