@@ -325,6 +325,10 @@ struct MaskedFrameWriterTests {
                 FrameWriter.append(to: &out, firstByte: 0x80 | 0x2, payload: masked,
                                    payloadKey: clientKey.littleEndianWord, newKey: newKey?.littleEndianWord)
             }
+            // RFC 6455 §5.2: the minimal length encoding (NIO's decoder
+            // accepts a longer one, so the sizes are checked here).
+            let headerSizes = [2, 2, 4, 4, 10, 2, 10, 2].map { $0 + (newKey == nil ? 0 : 4) }
+            #expect(out.readableBytes == headerSizes.reduce(0, +) + lengths.reduce(0, +))
             let channel = EmbeddedChannel(handler: ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 20)))
             try channel.writeInbound(out)
             for plain in payloads {
