@@ -31,26 +31,18 @@ package enum FrameWriter {
         out.writeWithUnsafeMutableBytes(minimumWritableBytes: header + length) { destination in
             let d = destination.baseAddress!  // at least two header bytes were asked for
             d.storeBytes(of: firstByte, as: UInt8.self)
-            var at = 2
             if length < 126 {
                 d.storeBytes(of: maskBit | UInt8(length), toByteOffset: 1, as: UInt8.self)
             } else if length <= 0xFFFF {
                 d.storeBytes(of: maskBit | 126, toByteOffset: 1, as: UInt8.self)
                 d.storeBytes(of: UInt16(length).bigEndian, toByteOffset: 2, as: UInt16.self)
-                at = 4
             } else {
                 d.storeBytes(of: maskBit | 127, toByteOffset: 1, as: UInt8.self)
                 d.storeBytes(of: UInt64(length).bigEndian, toByteOffset: 2, as: UInt64.self)
-                at = 10
             }
-            if let newKey {
-                d.storeBytes(of: newKey.littleEndian, toByteOffset: at, as: UInt32.self)
-            }
-            if length > 0 {
-                payload.withUnsafeReadableBytes { source in
-                    xorWithMask(from: source.baseAddress!, to: d + header, count: length, key: key)
-                }
-            }
+            // The key is the header's last four bytes.
+            if let newKey { d.storeBytes(of: newKey.littleEndian, toByteOffset: header - 4, as: UInt32.self) }
+            payload.copyMasked(to: d + header, key: key)
             return header + length
         }
     }

@@ -58,11 +58,20 @@ extension ByteBuffer {
     package mutating func writeMasked(_ source: ByteBuffer, key: UInt32) {
         let length = source.readableBytes
         self.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { destination in
-            source.withUnsafeReadableBytes { src in
-                guard let s = src.baseAddress, let d = destination.baseAddress else { return 0 }
-                xorWithMask(from: s, to: d, count: length, key: key)
-                return length
-            }
+            guard let d = destination.baseAddress else { return 0 }
+            source.copyMasked(to: d, key: key)
+            return length
+        }
+    }
+
+    /// Stores the readable bytes XORed with `key` (a plain copy when `key` is
+    /// 0) at `destination`, which has room for `readableBytes`: for writers
+    /// that fill a buffer's memory in one pass (`FrameWriter`).
+    @inlinable @inline(__always)
+    package func copyMasked(to destination: UnsafeMutableRawPointer, key: UInt32) {
+        self.withUnsafeReadableBytes { source in
+            guard let s = source.baseAddress, !source.isEmpty else { return }
+            xorWithMask(from: s, to: destination, count: source.count, key: key)
         }
     }
 }
